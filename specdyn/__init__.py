@@ -1,0 +1,57 @@
+"""specdyn: training dynamics under spectral gradient methods, in JAX."""
+
+from specdyn import problems
+from specdyn.diagnostics import frobenius_norm
+from specdyn.diagnostics import nuclear_norm
+from specdyn.diagnostics import nuclear_rank
+from specdyn.diagnostics import principal_angles
+from specdyn.diagnostics import stable_rank
+from specdyn.optimizers import OPTIMIZERS
+from specdyn.optimizers import adam
+from specdyn.optimizers import gd
+from specdyn.optimizers import get_optimizer
+from specdyn.optimizers import muon
+from specdyn.optimizers import normalized_gd
+from specdyn.optimizers import shampoo
+from specdyn.optimizers import sign_gd
+from specdyn.optimizers import spectral_gd
+from specdyn.polar import polar
+from specdyn.polar import polar_express_coefficients
+from specdyn.problem import problem
+from specdyn.problem import require
+from specdyn.problem import static
+from specdyn.simulate import simulate
+from specdyn.transforms import normalize_frobenius
+from specdyn.transforms import scale_by_polar
+from specdyn.transforms import scale_by_shampoo
+from specdyn.transforms import scale_by_shape
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OPTIMIZERS",
+    "adam",
+    "frobenius_norm",
+    "gd",
+    "get_optimizer",
+    "muon",
+    "normalize_frobenius",
+    "normalized_gd",
+    "nuclear_norm",
+    "nuclear_rank",
+    "polar",
+    "polar_express_coefficients",
+    "principal_angles",
+    "problem",
+    "problems",
+    "require",
+    "scale_by_polar",
+    "scale_by_shampoo",
+    "scale_by_shape",
+    "shampoo",
+    "sign_gd",
+    "simulate",
+    "spectral_gd",
+    "stable_rank",
+    "static",
+]

@@ -1,0 +1,151 @@
+"""Full optimizers (transforms chained with a learning rate) and the by-name registry.
+
+Every optimizer takes ``learning_rate`` as a float, a traced array or an optax
+schedule, so a jitted update vmapped over learning rates compiles once.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import jax
+import optax
+
+from specdyn.polar import polar_config
+from specdyn.transforms import normalize_frobenius, scale_by_polar, scale_by_shampoo, scale_by_shape
+
+__all__ = [
+    "OPTIMIZERS",
+    "adam",
+    "gd",
+    "get_optimizer",
+    "muon",
+    "normalized_gd",
+    "shampoo",
+    "sign_gd",
+    "spectral_gd",
+]
+
+
+def gd(learning_rate) -> optax.GradientTransformation:
+    """Plain gradient descent W ← W − lr·G (= ``optax.sgd``)."""
+    return optax.sgd(learning_rate)
+
+
+def spectral_gd(learning_rate, *, nuclear_scaling: bool = False, **polar_kwargs) -> optax.GradientTransformation:
+    """SpecGD: W ← W − lr·U Vᵀ, or W ← W − lr·‖G‖_*·U Vᵀ with ``nuclear_scaling``.
+
+    ``polar_kwargs`` (method, steps, coeffs, rank_tol, compute_dtype, diagnostics)
+    go to :func:`specdyn.scale_by_polar`.
+    """
+    return optax.chain(
+        scale_by_polar(nuclear_scaling=nuclear_scaling, **polar_kwargs),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def normalized_gd(learning_rate) -> optax.GradientTransformation:
+    """Normalized GD: W ← W − lr·G/‖G‖_F, per leaf."""
+    return optax.chain(normalize_frobenius(), optax.scale_by_learning_rate(learning_rate))
+
+
+def sign_gd(learning_rate) -> optax.GradientTransformation:
+    """Sign GD: W ← W − lr·sign(G)."""
+    return optax.chain(optax.scale_by_sign(), optax.scale_by_learning_rate(learning_rate))
+
+
+def adam(learning_rate, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0):
+    """Adam (``optax.adam``), or AdamW when ``weight_decay`` > 0."""
+    if weight_decay:
+        return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+
+
+def shampoo(learning_rate, *, exponent: float = 0.25, eps: float = 1e-6, decay: float = 1.0):
+    """Full-matrix Shampoo W ← W − lr·L^(-1/4) G R^(-1/4) (see :func:`scale_by_shampoo`)."""
+    return optax.chain(
+        scale_by_shampoo(exponent=exponent, eps=eps, decay=decay),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def muon(
+    learning_rate,
+    *,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    weight_decay: float = 0.0,
+    method: str = "newton_schulz",
+    steps: int | None = 5,
+    coeffs=None,
+    compute_dtype=None,
+    shape_scaling: str = "none",
+    adam_learning_rate=None,
+    adam_b1: float = 0.9,
+    adam_b2: float = 0.999,
+    adam_eps: float = 1e-8,
+) -> optax.GradientTransformation:
+    """Muon: momentum, then the (approximate) polar factor, on every matrix leaf.
+
+    Matrix leaves (ndim >= 2, last two axes): m ← β m + G; the direction is
+    polar(G + β m) with ``nesterov`` (else polar(m)), times the shape factor
+    (:func:`scale_by_shape`), plus decoupled weight decay:
+    W ← W − lr·(polar(·) + weight_decay·W). Other leaves (biases, gains) go to
+    AdamW with ``adam_learning_rate`` (default: ``learning_rate``).
+
+    Momentum here sums gradients (``optax.trace``) where Jordan's reference code
+    averages them; the polar factor is scale invariant, so the updates agree.
+    """
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must lie in [0, 1), got {momentum=}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay=}")
+    if method == "svd" and steps == 5:
+        steps = None  # the default step count means nothing to the exact method
+    polar_config(method=method, steps=steps, coeffs=coeffs, compute_dtype=compute_dtype)
+    matrix = optax.chain(
+        optax.trace(decay=momentum, nesterov=nesterov),
+        scale_by_polar(method=method, steps=steps, coeffs=coeffs, compute_dtype=compute_dtype),
+        scale_by_shape(shape_scaling),
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+    other = optax.adamw(
+        learning_rate if adam_learning_rate is None else adam_learning_rate,
+        b1=adam_b1,
+        b2=adam_b2,
+        eps=adam_eps,
+        weight_decay=weight_decay,
+    )
+    labels = lambda params: jax.tree.map(lambda p: "matrix" if p.ndim >= 2 else "other", params)
+    return optax.partition({"matrix": matrix, "other": other}, labels)
+
+
+OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "gd": gd,
+    "specgd": spectral_gd,
+    "muon": muon,
+    "ngd": normalized_gd,
+    "signgd": sign_gd,
+    "shampoo": shampoo,
+    "adam": adam,
+}
+
+
+def get_optimizer(name: str, learning_rate, **kwargs) -> optax.GradientTransformation:
+    """Build a registered optimizer by name: ``get_optimizer("muon", 0.02, momentum=0.9)``."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer name={name!r}; choose one of {sorted(OPTIMIZERS)}")
+    factory = OPTIMIZERS[name]
+    try:
+        inspect.signature(factory).bind(learning_rate, **kwargs)
+    except TypeError as err:
+        params = [p for p in inspect.signature(factory).parameters if p != "learning_rate"]
+        raise ValueError(
+            f"optimizer {name!r} got bad options {sorted(kwargs)}: {err}; it takes {params}"
+        ) from None
+    try:
+        return factory(learning_rate, **kwargs)
+    except TypeError as err:  # e.g. an unknown polar option passed through **kwargs
+        raise ValueError(f"optimizer {name!r} got bad options {sorted(kwargs)}: {err}") from None

@@ -1,0 +1,225 @@
+"""optax GradientTransformations: the spectral building blocks.
+
+Each factory returns ``optax.GradientTransformation(init, update)`` of pure
+functions with the hyper-parameters closed over, like ``optax.scale_by_adam``.
+The aliases in :mod:`specdyn.optimizers` chain them with a learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from specdyn.diagnostics import safe_divide
+from specdyn.polar import polar_config, polar_with_config
+
+__all__ = [
+    "ScaleByPolarState",
+    "ScaleByShampooState",
+    "normalize_frobenius",
+    "scale_by_polar",
+    "scale_by_shampoo",
+    "scale_by_shape",
+]
+
+
+class ScaleByPolarState(NamedTuple):
+    """State of :func:`scale_by_polar` with ``diagnostics=True``."""
+
+    nuclear_rank: Any  # per leaf: shape=leaf.shape[:-2], dtype of the leaf
+
+
+def _require_matrices(tree, who: str) -> None:
+    def check(path, leaf):
+        if jnp.ndim(leaf) < 2:
+            raise ValueError(
+                f"{who} acts on matrices (ndim >= 2), but leaf {jax.tree_util.keystr(path) or '<root>'} "
+                f"has shape {jnp.shape(leaf)}. Route non-matrix leaves elsewhere with "
+                "optax.partition, or use sd.muon, which sends them to Adam."
+            )
+
+    jax.tree_util.tree_map_with_path(check, tree)
+
+
+def unzip_tree(like, tree_of_tuples, n: int) -> tuple:
+    """Split a tree of n-tuples (with ``like``'s structure) into n trees."""
+    treedef = jax.tree.structure(like)
+    parts = treedef.flatten_up_to(tree_of_tuples)
+    return tuple(jax.tree.unflatten(treedef, [t[i] for t in parts]) for i in range(n))
+
+
+def _inner(a: jax.Array, b: jax.Array) -> jax.Array:
+    """<a, b> over the last two axes."""
+    return jnp.sum(a * b, axis=(-2, -1))
+
+
+def scale_by_polar(
+    *,
+    method: str = "svd",
+    steps: int | None = None,
+    coeffs=None,
+    rank_tol: float | None = None,
+    compute_dtype=None,
+    nuclear_scaling: bool = False,
+    diagnostics: bool = False,
+) -> optax.GradientTransformation:
+    """Replace each matrix leaf G by its polar factor U Vᵀ (see :func:`specdyn.polar`).
+
+    Acts on the last two axes of every leaf (ndim >= 2); a leaf with ndim < 2
+    raises ValueError naming it. With ``nuclear_scaling`` the update is
+    ‖G‖_* U Vᵀ, where ‖G‖_* = <U Vᵀ, G> (exact for ``method="svd"``). With
+    ``diagnostics`` the state keeps each leaf's nuclear rank ‖G‖_*²/‖G‖_F² of the
+    last incoming gradient, so a training loop can log it without another SVD.
+    """
+    config = polar_config(
+        method=method, steps=steps, coeffs=coeffs, rank_tol=rank_tol, compute_dtype=compute_dtype
+    )
+
+    def init_fn(params):
+        _require_matrices(params, "scale_by_polar")
+        if not diagnostics:
+            return optax.EmptyState()
+        return ScaleByPolarState(
+            nuclear_rank=jax.tree.map(lambda p: jnp.zeros(p.shape[:-2], p.dtype), params)
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        _require_matrices(updates, "scale_by_polar")
+
+        def one(g):
+            p = polar_with_config(g, config)
+            # ‖G‖_* = <UVᵀ, G>, taken on G/max|G| so it stays finite at any scale.
+            scale = jnp.max(jnp.abs(g), axis=(-2, -1))
+            x = safe_divide(g, scale[..., None, None])
+            nuclear = _inner(p, x)
+            if nuclear_scaling:
+                p = p * (nuclear * scale)[..., None, None]
+            rank = safe_divide(jnp.square(nuclear), jnp.sum(jnp.square(x), axis=(-2, -1)))
+            return p, rank
+
+        factors, ranks = unzip_tree(updates, jax.tree.map(one, updates), 2)
+        if diagnostics:
+            state = ScaleByPolarState(nuclear_rank=ranks)
+        return factors, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def normalize_frobenius() -> optax.GradientTransformation:
+    """G / ‖G‖_F per leaf (a zero leaf stays zero)."""
+
+    def update_fn(updates, state, params=None):
+        del params
+
+        def normalize(g):
+            x = safe_divide(g, jnp.max(jnp.abs(g)))
+            return safe_divide(x, jnp.sqrt(jnp.sum(jnp.square(x))))
+
+        return jax.tree.map(normalize, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+SHAPE_SCALINGS = ("none", "keller", "moonlight")
+
+
+def scale_by_shape(kind: str = "none") -> optax.GradientTransformation:
+    """Scale each matrix update by a factor of its shape (m, n) = last two axes.
+
+    ``"keller"``: sqrt(max(1, m/n)) (Muon's reference code); ``"moonlight"``:
+    0.2 * sqrt(max(m, n)), which matches AdamW's update RMS (Liu et al. 2025);
+    ``"none"``: 1.
+    """
+    if kind not in SHAPE_SCALINGS:
+        raise ValueError(f"unknown shape scaling kind={kind!r}; choose one of {SHAPE_SCALINGS}")
+
+    def factor(shape):
+        m, n = shape[-2:]
+        if kind == "keller":
+            return math.sqrt(max(1.0, m / n))
+        if kind == "moonlight":
+            return 0.2 * math.sqrt(max(m, n))
+        return 1.0
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda g: g * factor(g.shape), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+class ScaleByShampooState(NamedTuple):
+    """Full-matrix Shampoo statistics."""
+
+    count: jax.Array  # shape=(), int32
+    left: Any  # per leaf: (..., m, m) running sum of G Gᵀ (+ eps I)
+    right: Any  # per leaf: (..., n, n) running sum of Gᵀ G (+ eps I)
+
+
+def _inverse_root(s: jax.Array, power: float, eps: float) -> jax.Array:
+    """S^(-power) for symmetric PSD S via eigh, eigenvalues floored at eps."""
+    w, q = jnp.linalg.eigh(s)
+    w = jnp.maximum(w, eps) ** (-power)
+    return jnp.matmul(q * w[..., None, :], jnp.swapaxes(q, -1, -2))
+
+
+def scale_by_shampoo(
+    *, exponent: float = 0.25, eps: float = 1e-6, decay: float = 1.0
+) -> optax.GradientTransformation:
+    """Full-matrix Shampoo: G ↦ L^(-exponent) G R^(-exponent).
+
+    L = eps·I + Σ_t decay^(T-t) G_t G_tᵀ and R likewise with G_tᵀ G_t (``decay=1``:
+    plain sums, as in Gupta et al. 2018). Inverse roots via ``eigh`` at every
+    step. Leaves with ndim < 2 use the diagonal version g / (eps + Σ g²)^(2·exponent).
+    With ``exponent=1/4`` and one step from zero state, the update of G = U S Vᵀ
+    is U S (S² + eps)^(-1/2) Vᵀ ≈ U Vᵀ: Shampoo without memory is SpecGD.
+    """
+    if not (isinstance(exponent, int | float) and exponent > 0):
+        raise ValueError(f"exponent must be > 0, got {exponent=!r}")
+    if not (isinstance(eps, int | float) and eps > 0):
+        raise ValueError(f"eps must be > 0, got {eps=!r}")
+    if not (isinstance(decay, int | float) and 0 < decay <= 1):
+        raise ValueError(f"decay must lie in (0, 1], got {decay=!r}")
+
+    def init_fn(params):
+        def left(p):
+            if p.ndim < 2:
+                return jnp.full(p.shape, eps, p.dtype)
+            return eps * jnp.broadcast_to(jnp.eye(p.shape[-2], dtype=p.dtype), (*p.shape[:-1], p.shape[-2]))
+
+        def right(p):
+            if p.ndim < 2:
+                return jnp.zeros((), p.dtype)  # unused for vectors
+            return eps * jnp.broadcast_to(
+                jnp.eye(p.shape[-1], dtype=p.dtype), (*p.shape[:-2], p.shape[-1], p.shape[-1])
+            )
+
+        return ScaleByShampooState(
+            count=jnp.zeros((), jnp.int32),
+            left=jax.tree.map(left, params),
+            right=jax.tree.map(right, params),
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+
+        def one(g, lft, rgt):
+            if g.ndim < 2:
+                lft = decay * lft + jnp.square(g)
+                return g * lft ** (-2 * exponent), lft, rgt
+            gt = jnp.swapaxes(g, -1, -2)
+            lft = decay * lft + jnp.matmul(g, gt)
+            rgt = decay * rgt + jnp.matmul(gt, g)
+            out = jnp.matmul(_inverse_root(lft, exponent, eps), jnp.matmul(g, _inverse_root(rgt, exponent, eps)))
+            return out, lft, rgt
+
+        triples = jax.tree.map(one, updates, state.left, state.right)
+        out, left, right = unzip_tree(updates, triples, 3)
+        return out, ScaleByShampooState(count=state.count + 1, left=left, right=right)
+
+    return optax.GradientTransformation(init_fn, update_fn)
