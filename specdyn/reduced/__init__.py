@@ -1,0 +1,1 @@
+"""Reduced dynamics (ODEs and maps on a few coordinates), solved with diffrax."""
