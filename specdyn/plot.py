@@ -1,0 +1,119 @@
+"""Standard figures from sweep results (matplotlib).
+
+:func:`plot_metric` draws one metric against steps: one panel per grid point,
+one line per optimizer and learning rate (seed mean over runs that did not
+diverge, shaded between the seeds' min and max). Paper-specific figures live
+in :mod:`specdyn.experiments`; :func:`named_figure` finds them by
+``"<module>.<function>"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; notebooks pick their own backend before importing pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from specdyn.results import converged_runs  # noqa: E402
+
+__all__ = ["named_figure", "plot_metric", "standard_figures"]
+
+_RUN_DIMS = ("optimizer", "lr", "seed", "step")
+_MAX_PANELS = 12
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _panels(da: xr.DataArray) -> list[dict]:
+    dims = [d for d in da.dims if d not in _RUN_DIMS]
+    combos = itertools.product(*(range(da.sizes[d]) for d in dims))
+    return [dict(zip(dims, c, strict=True)) for c in itertools.islice(combos, _MAX_PANELS)]
+
+
+def _title(da: xr.DataArray, sel: dict) -> str:
+    parts = []
+    for dim, i in sel.items():
+        value = da[dim].values[i] if dim in da.coords else i
+        parts.append(f"{dim}={value:g}" if isinstance(value, float | np.floating) else f"{dim}={value}")
+    return ", ".join(parts)
+
+
+def plot_metric(ds: xr.Dataset, metric: str, *, logy: bool | None = None) -> plt.Figure:
+    """``metric`` against step, one panel per grid point (at most 12)."""
+    if metric not in ds:
+        raise ValueError(f"no metric {metric!r} in the results; have {sorted(ds.data_vars)}")
+    da = ds[metric].where(converged_runs(ds))
+    panels = _panels(da)
+    cols = min(len(panels), 4)
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    values = da.values[np.isfinite(da.values)]
+    if logy is None:
+        logy = values.size > 0 and values.min() > 0 and values.max() / values.min() > 100
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    steps = ds["step"].values
+    for ax, sel in zip(axes.flat, panels, strict=False):
+        panel = da.isel(sel)
+        for o, opt in enumerate(ds["optimizer"].values):
+            for lr in range(ds.sizes["lr"]):
+                runs = panel.sel(optimizer=opt).isel(lr=lr)
+                lr_value = float(ds["learning_rate"].sel(optimizer=opt).values[lr])
+                n_ok = int(np.isfinite(runs.isel(step=0)).sum())
+                if n_ok == 0:
+                    continue
+                color = colors[o % len(colors)]
+                label = f"{opt} lr={lr_value:.3g}" + ("" if n_ok == ds.sizes["seed"] else f" ({n_ok} ok)")
+                ax.plot(steps, runs.mean("seed"), color=color, ls=_LINESTYLES[lr % 4], label=label)
+                if ds.sizes["seed"] > 1:
+                    ax.fill_between(steps, runs.min("seed"), runs.max("seed"), color=color, alpha=0.15, lw=0)
+        ax.set_title(_title(da, sel), fontsize=9)
+        ax.set_xlabel("step")
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    axes[0, 0].set_ylabel(metric)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"{ds.attrs.get('problem', '')}: {metric}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def named_figure(ds: xr.Dataset, name: str) -> plt.Figure:
+    """Call ``specdyn.experiments.<module>.<function>(ds)`` for ``name = "module.function"``."""
+    module, _, function = name.rpartition(".")
+    if not module:
+        raise ValueError(f"figure name must be 'module.function', got {name!r}")
+    try:
+        mod = importlib.import_module(f"specdyn.experiments.{module}")
+    except ModuleNotFoundError:
+        raise ValueError(f"unknown figure {name!r}: no module specdyn.experiments.{module}") from None
+    fn = getattr(mod, function, None)
+    if not callable(fn):
+        raise ValueError(f"unknown figure {name!r}: specdyn.experiments.{module} has no {function}()")
+    return fn(ds)
+
+
+def standard_figures(ds: xr.Dataset, out_dir, *, metrics=("loss",), figures=()) -> list[Path]:
+    """Write one PNG per metric and per named figure into ``out_dir``; return the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for metric in metrics:
+        fig = plot_metric(ds, metric)
+        paths.append(out_dir / f"{metric}.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    for name in figures:
+        fig = named_figure(ds, name)
+        paths.append(out_dir / f"{name.replace('.', '-')}.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
