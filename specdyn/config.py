@@ -77,7 +77,7 @@ def _check_types(table: dict, schema: dict, where: str) -> None:
         if key not in schema:
             raise ValueError(f"{where}unknown key {key!r} (allowed: {', '.join(schema)})")
         want = schema[key]
-        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
         if not ok:
             raise ValueError(f"{where}key {key!r} must be {_type_name(want)}, got {value!r}")
 
@@ -113,6 +113,10 @@ def load_sweep_file(path, *, smoke: bool = False) -> SweepSpec:
         raise ValueError(f"{path}: not valid TOML: {err}") from None
     where = f"{path}: "
     _check_types(raw, _SCHEMA, where)
+    for table, label in ((raw, ""), (raw.get("smoke", {}), "[smoke] ")):
+        for key in ("steps", "record_every"):
+            if isinstance(table.get(key), int) and table[key] < 1:
+                raise ValueError(f"{where}{label}key {key!r} must be >= 1, got {table[key]!r}")
     if smoke:
         raw = _merge_smoke(raw)
     else:
@@ -120,9 +124,6 @@ def load_sweep_file(path, *, smoke: bool = False) -> SweepSpec:
     for key in ("problem", "steps", "optimizers", "learning_rates", "seeds"):
         if key not in raw:
             raise ValueError(f"{where}missing key {key!r}")
-    for key in ("steps", "record_every"):
-        if key in raw and raw[key] < 1:
-            raise ValueError(f"{where}key {key!r} must be >= 1, got {raw[key]!r}")
     if not all(isinstance(o, str) for o in raw["optimizers"]) or not raw["optimizers"]:
         raise ValueError(f"{where}key 'optimizers' must list optimizer names, got {raw['optimizers']!r}")
     for name in raw["optimizers"]:

@@ -81,6 +81,16 @@ def _check_field_values(obj) -> None:
 def problem(cls: type) -> type:
     """Turn ``cls`` into a frozen dataclass registered as a pytree (see module doc)."""
     user_post_init = cls.__dict__.get("__post_init__")
+
+    def __post_init__(self):
+        if user_post_init is not None:
+            user_post_init(self)
+        _check_field_values(self)
+        check = getattr(self, "__check_init__", None)
+        if check is not None:
+            check()
+
+    cls.__post_init__ = __post_init__  # before @dataclass, which wires it into __init__
     cls = dataclasses.dataclass(frozen=True)(cls)
     fields = dataclasses.fields(cls)
     clash = [f.name for f in fields if f.name in _METHODS]
@@ -96,16 +106,6 @@ def problem(cls: type) -> type:
     data_names = tuple(f.name for f in fields if not f.metadata.get("static"))
     cls.__specdyn_static__ = static_names
     cls.__specdyn_data__ = data_names
-
-    def __post_init__(self):
-        if user_post_init is not None:
-            user_post_init(self)
-        _check_field_values(self)
-        check = getattr(self, "__check_init__", None)
-        if check is not None:
-            check()
-
-    cls.__post_init__ = __post_init__
     if not hasattr(cls, "sample"):
         cls.sample = lambda self, key: {}
     if not hasattr(cls, "metrics"):

@@ -161,5 +161,6 @@ def best_learning_rate(ds: xr.Dataset, metric: str, *, mode: str = "min") -> xr.
     any_diverged = (~converged_runs(ds)).any("seed")
     score = final.mean("seed").where(~any_diverged)
     fill = np.inf if mode == "min" else -np.inf
-    best = (score.fillna(fill).argmin if mode == "min" else score.fillna(fill).argmax)("lr")
+    score = score.fillna(fill).drop_vars("step")
+    best = score.argmin("lr") if mode == "min" else score.argmax("lr")
     return ds.isel(lr=best)

@@ -1,0 +1,139 @@
+"""The problem decorator and the training core, against a plain Python optax loop."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import specdyn as sd
+from specdyn.problem import data_fields, static_fields
+
+PROBLEM = sd.problems.MatrixLeastSquares(rows=5, cols=4, samples=12, noise=0.1)
+
+
+def reference_loop(problem, optimizer, key, steps, record_every):
+    """The same run written the obvious way: a Python loop over optax updates."""
+    init_key, data_key = jax.random.split(key)
+    data = problem.sample(data_key)
+    params = problem.init(init_key)
+    state = optimizer.init(params)
+    grad = jax.jit(jax.value_and_grad(problem.loss))
+    losses = []
+    for t in range(steps + 1):
+        loss, g = grad(params, data)
+        if t % record_every == 0:
+            losses.append(float(loss))
+        updates, state = optimizer.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+    return np.asarray(losses)
+
+
+@pytest.mark.parametrize("name,lr", [("gd", 0.3), ("specgd", 0.02), ("muon", 0.02), ("adam", 0.01)])
+def test_simulate_matches_python_loop(name, lr):
+    key = jax.random.PRNGKey(3)
+    out = sd.simulate(PROBLEM, sd.get_optimizer(name, lr), key=key, steps=30, record_every=5)
+    ref = reference_loop(PROBLEM, sd.get_optimizer(name, lr), key, 30, 5)
+    np.testing.assert_array_equal(np.asarray(out["step"]), np.arange(0, 31, 5))
+    np.testing.assert_allclose(np.asarray(out["loss"]), ref, rtol=2e-5, atol=1e-7)
+    assert int(out["diverged_at"]) == -1
+    assert ref[-1] < ref[0]  # the run trained
+
+
+def test_records_are_before_the_update_and_final_params_returned():
+    out = sd.simulate(PROBLEM, sd.gd(0.2), key=jax.random.PRNGKey(0), steps=7, record_every=3)
+    np.testing.assert_array_equal(np.asarray(out["step"]), [0, 3, 6])
+    data = PROBLEM.sample(jax.random.split(jax.random.PRNGKey(0))[1])
+    params0 = PROBLEM.init(jax.random.split(jax.random.PRNGKey(0))[0])
+    np.testing.assert_allclose(out["loss"][0], PROBLEM.loss(params0, data), rtol=1e-6)
+    # the final params are after all 7 steps: continuing 0 steps from them gives their loss
+    again = sd.simulate(PROBLEM, sd.gd(0.2), key=jax.random.PRNGKey(0), steps=1, params=out["params"])
+    ref = reference_loop(PROBLEM, sd.gd(0.2), jax.random.PRNGKey(0), 7, 7)
+    np.testing.assert_allclose(again["loss"][0], ref[-1], rtol=1e-5)
+
+
+def test_explicit_data_replaces_sample():
+    data = PROBLEM.sample(jax.random.PRNGKey(42))
+    a = sd.simulate(PROBLEM, sd.gd(0.2), key=jax.random.PRNGKey(0), steps=5, data=data)
+    shifted = dict(data, Y=data["Y"] + 1.0)
+    b = sd.simulate(PROBLEM, sd.gd(0.2), key=jax.random.PRNGKey(0), steps=5, data=shifted)
+    params0 = PROBLEM.init(jax.random.split(jax.random.PRNGKey(0))[0])
+    np.testing.assert_allclose(a["loss"][0], PROBLEM.loss(params0, data), rtol=1e-6)
+    assert not np.allclose(a["loss"], b["loss"])
+
+
+def test_divergence_is_recorded_and_freezes_the_run():
+    out = sd.simulate(PROBLEM, sd.gd(1e4), key=jax.random.PRNGKey(0), steps=40, record_every=2)
+    at = int(out["diverged_at"])
+    assert at > 0
+    loss = np.asarray(out["loss"])
+    steps = np.asarray(out["step"])
+    assert np.all(np.isfinite(loss[steps < at]))
+    assert np.all(np.isnan(loss[steps > at]))
+    for name in ("distance", "nuclear_rank"):
+        assert np.all(np.isnan(np.asarray(out[name])[steps > at]))
+
+
+def test_float64_when_x64_enabled():
+    with jax.enable_x64(True):
+        problem = sd.problems.MatrixLeastSquares(rows=4, cols=3, samples=8)
+        out = sd.simulate(problem, sd.spectral_gd(0.01), key=jax.random.PRNGKey(0), steps=3)
+        assert out["loss"].dtype == jnp.float64
+        assert out["params"]["W"].dtype == jnp.float64
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(steps=0), "steps=0"),
+        (dict(steps=5, record_every=0), "record_every=0"),
+        (dict(steps=2.5), "steps=2.5"),
+    ],
+)
+def test_simulate_rejects_bad_lengths(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sd.simulate(PROBLEM, sd.gd(0.1), key=jax.random.PRNGKey(0), **kwargs)
+
+
+def test_simulate_rejects_non_problem_and_non_optimizer():
+    with pytest.raises(ValueError, match="@sd.problem"):
+        sd.simulate(object(), sd.gd(0.1), key=jax.random.PRNGKey(0), steps=1)
+    with pytest.raises(ValueError, match="GradientTransformation"):
+        sd.simulate(PROBLEM, "gd", key=jax.random.PRNGKey(0), steps=1)
+
+
+def test_problem_is_a_pytree_with_static_shapes_and_data_floats():
+    leaves, treedef = jax.tree.flatten(PROBLEM)
+    assert static_fields(PROBLEM) == ("rows", "cols", "samples")
+    assert data_fields(PROBLEM) == ("condition", "noise", "init_scale")
+    assert leaves == [10.0, 0.1, 0.0]
+    rebuilt = jax.tree.unflatten(treedef, [jnp.asarray(2.0)] * 3)
+    assert rebuilt.rows == 5 and float(rebuilt.noise) == 2.0
+    # a data field vmaps without touching the shapes
+    batched = jax.tree.unflatten(treedef, [jnp.ones(3) * 10, jnp.asarray([0.0, 0.1, 0.2]), jnp.zeros(3)])
+    losses = jax.vmap(lambda p: p.loss(p.init(jax.random.PRNGKey(0)), p.sample(jax.random.PRNGKey(1))))(batched)
+    assert losses.shape == (3,)
+
+
+def test_problem_validation_names_field_and_value():
+    with pytest.raises(ValueError, match=r"noise must be >= 0, got noise=-1"):
+        sd.problems.MatrixLeastSquares(noise=-1.0)
+    with pytest.raises(ValueError, match="rows"):
+        sd.problems.MatrixLeastSquares(rows=0)
+    with pytest.raises(ValueError, match="declare it static"):
+        sd.problems.MatrixLeastSquares(noise="high")
+    with pytest.raises(ValueError, match="noise must be >= 0"):
+        dataclasses.replace(PROBLEM, noise=-0.5)
+
+
+def test_problem_decorator_rejects_fields_named_like_methods():
+    with pytest.raises(TypeError, match="loss_type"):
+
+        @sd.problem
+        class Bad:
+            loss: str = sd.static("squared")
+
+            def init(self, key):
+                return {}
