@@ -298,22 +298,8 @@ def _run_cell(problem, factory, lrs, seeds, data_grid, data_combos, *, steps, re
     size = math.ceil(size / n_dev) * n_dev  # equal shards on every device
     n_batches = math.ceil(n_runs / size)
 
-    mesh = Mesh(np.asarray(jax.local_devices()), ("runs",))
-    shard = NamedSharding(mesh, PartitionSpec("runs"))
-
-    def init_batch(problems, keys, lrs):
-        return jax.vmap(lambda p, k, lr: init_run(p, factory(lr), k))(problems, keys, lrs)
-
-    def advance_batch(problems, lrs, state, data):
-        TRACE_COUNTS["advance"] += 1
-        return jax.vmap(
-            lambda p, lr, s, d: advance(
-                p, factory(lr), s, d, records=per_chunk, record_every=record_every, total_steps=steps
-            )
-        )(problems, lrs, state, data)
-
-    init_jit = jax.jit(init_batch, out_shardings=shard)
-    advance_jit = jax.jit(advance_batch, out_shardings=shard)
+    shard = NamedSharding(Mesh(np.asarray(jax.local_devices()), ("runs",)), PartitionSpec("runs"))
+    init_jit, advance_jit = _programs(factory, per_chunk, record_every, steps, shard)
 
     outputs = []
     for b in range(n_batches):
@@ -332,6 +318,32 @@ def _run_cell(problem, factory, lrs, seeds, data_grid, data_combos, *, steps, re
         recs["diverged_at"] = np.asarray(state.diverged_at)[:real]
         outputs.append(recs)
     return {k: np.concatenate([o[k] for o in outputs], axis=0) for k in outputs[0]}
+
+
+_PROGRAMS: dict = {}  # cell programs, reused by later sweeps with the same optimizer and lengths
+
+
+def _programs(factory, per_chunk: int, record_every: int, steps: int, shard):
+    """The jitted (init, advance) pair of a cell; jit's own cache handles problem shapes."""
+    desc = _describe_factory(factory)
+    key = (json.dumps(desc, sort_keys=True) if isinstance(desc, dict) else factory, per_chunk, record_every, steps, shard)
+    if key not in _PROGRAMS:
+
+        def init_batch(problems, keys, lrs):
+            return jax.vmap(lambda p, k, lr: init_run(p, factory(lr), k))(problems, keys, lrs)
+
+        def advance_batch(problems, lrs, state, data):
+            TRACE_COUNTS["advance"] += 1
+            return jax.vmap(
+                lambda p, lr, s, d: advance(
+                    p, factory(lr), s, d, records=per_chunk, record_every=record_every, total_steps=steps
+                )
+            )(problems, lrs, state, data)
+
+        if len(_PROGRAMS) > 256:
+            _PROGRAMS.clear()
+        _PROGRAMS[key] = (jax.jit(init_batch, out_shardings=shard), jax.jit(advance_batch, out_shardings=shard))
+    return _PROGRAMS[key]
 
 
 def _assemble(problem, names, lrs, seeds, static_grid, data_grid, grid_order, steps_at, results, config):

@@ -1,0 +1,179 @@
+"""Sweep throughput: sd.sweep against the loops users write first, side by side in one run.
+
+One grid: a d x d matrix least-squares problem (d = 64, n = 4d samples),
+8 seeds x 8 learning rates x 1000 steps, GD and SpecGD (Newton-Schulz, 5 steps),
+float32, timed four ways:
+
+  (a) sd.sweep: one vmapped scan per optimizer;
+  (b) a Python loop of jitted single runs, learning rate baked in as a constant
+      (one compilation per learning rate);
+  (c) the same loop with the learning rate traced (one compilation);
+  (d) a PyTorch eager loop (CPU) doing the same updates.
+
+Compilation is included in every JAX timing (it is part of what a user waits
+for); (a) is also reported warm. Prints a markdown table; run with
+``python bench/sweep.py [--steps N] [--dim D]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import specdyn as sd
+from specdyn.sweep import sweep
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev = jax.devices()[0]
+    return f"{cpu}, {jax.local_device_count()} x {dev.platform} device(s), {len(jax.devices())} JAX device(s), python {platform.python_version()}, jax {jax.__version__}"
+
+
+FACTORIES = {
+    "gd": lambda lr: sd.gd(lr),
+    "specgd": lambda lr: sd.spectral_gd(lr, method="newton_schulz", steps=5),
+}
+
+
+def factories():
+    return FACTORIES
+
+
+def learning_rates(name):
+    return list(np.geomspace(0.05, 0.8, 8)) if name == "gd" else list(np.geomspace(1e-3, 3e-2, 8))
+
+
+def run_sweep(problem, seeds, steps):
+    return sweep(
+        problem,
+        optimizers=factories(),
+        learning_rates={n: learning_rates(n) for n in factories()},
+        seeds=seeds,
+        steps=steps,
+        record_every=steps // 10,
+        progress=False,
+    )
+
+
+def one_run(problem, factory, lr, key, steps, record_every):
+    return sd.simulate(problem, factory(lr), key=key, steps=steps, record_every=record_every)
+
+
+def run_loop(problem, seeds, steps, *, traced: bool):
+    """A Python loop over runs; each run one jitted scan (lr constant or traced)."""
+    from specdyn.simulate import advance, init_run, record_steps
+
+    slots = len(record_steps(steps, steps // 10))
+    finals = {}
+    for name, factory in factories().items():
+
+        def run(key, lr, factory=factory):
+            opt = factory(lr)
+            state, data = init_run(problem, opt, key)
+            _, recs = advance(problem, opt, state, data, records=slots, record_every=steps // 10, total_steps=steps)
+            return recs["loss"]
+
+        traced_run = jax.jit(run)
+        for lr in learning_rates(name):
+            fn = traced_run if traced else jax.jit(lambda key, lr=lr, run=run: run(key, lr))
+            for s in range(seeds):
+                finals[name, lr, s] = float(fn(jax.random.PRNGKey(s), lr)[-1])
+    return finals
+
+
+def run_torch(problem, seeds, steps):
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    finals = {}
+    for name in factories():
+        for lr in learning_rates(name):
+            for s in range(seeds):
+                init_key, data_key = jax.random.split(jax.random.PRNGKey(s))
+                data = {k: torch.from_numpy(np.asarray(v)) for k, v in problem.sample(data_key).items()}
+                w = torch.from_numpy(np.asarray(problem.init(init_key)["W"])).clone()
+                a, y, n = data["A"], data["Y"], problem.samples
+                for _ in range(steps):
+                    g = (w @ a - y) @ a.T / n
+                    if name == "gd":
+                        w -= lr * g
+                    else:  # Newton-Schulz quintic, jordan coefficients, as sd.polar does
+                        x = g / g.abs().max().clamp_min(1e-30)
+                        x = x / x.norm().clamp_min(1e-30)
+                        for _ in range(5):
+                            gram = x @ x.T
+                            x = 3.4445 * x + (-4.7750 * gram + 2.0315 * gram @ gram) @ x
+                        w -= lr * x
+                r = w @ a - y
+                finals[name, lr, s] = float(0.5 * (r * r).sum() / n)
+    return finals
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    jax.block_until_ready(out) if not isinstance(out, dict) else None
+    return time.perf_counter() - start, out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--skip-torch", action="store_true")
+    args = parser.parse_args()
+    d = args.dim
+    problem = sd.problems.MatrixLeastSquares(rows=d, cols=d, samples=4 * d, condition=10.0)
+    runs = 2 * 8 * args.seeds
+    print(f"machine: {machine()}")
+    print(f"grid: d={d}, n={4 * d}, {args.seeds} seeds x 8 lrs x {args.steps} steps x (gd, specgd NS5) = {runs} runs")
+
+    rows = []
+    t_a, ds = timed(run_sweep, problem, args.seeds, args.steps)
+    rows.append(("(a) sd.sweep (cold: includes compile)", t_a))
+    t_a_warm, ds = timed(run_sweep, problem, args.seeds, args.steps)
+    rows.append(("(a) sd.sweep again (programs reused, no compile)", t_a_warm))
+    t_b, fin_b = timed(run_loop, problem, args.seeds, args.steps, traced=False)
+    rows.append(("(b) loop of jitted runs, lr baked in (recompiles per lr)", t_b))
+    t_c, fin_c = timed(run_loop, problem, args.seeds, args.steps, traced=True)
+    rows.append(("(c) loop of jitted runs, lr traced (one compile)", t_c))
+    if not args.skip_torch:
+        t_d, fin_d = timed(run_torch, problem, args.seeds, args.steps)
+        rows.append(("(d) PyTorch eager loop (CPU)", t_d))
+
+    # The four implementations compute the same runs: check before reporting speed.
+    final = ds["loss"].isel(step=-1)
+    worst = 0.0
+    for (name, lr, s), value in fin_c.items():
+        i = learning_rates(name).index(lr)
+        ref = float(final.sel(optimizer=name, seed=s).isel(lr=i))
+        worst = max(worst, abs(value - ref) / max(abs(ref), 1e-12), abs(fin_b[name, lr, s] - ref) / max(abs(ref), 1e-12))
+        if not args.skip_torch:
+            worst = max(worst, abs(fin_d[name, lr, s] - ref) / max(abs(ref), 1e-6))
+    print(f"largest relative difference in final loss between implementations: {worst:.2e}")
+
+    print()
+    print("| implementation | wall time (s) | run-steps/s | (a, cold) speed-up |")
+    print("|---|---:|---:|---:|")
+    for label, t in rows:
+        print(f"| {label} | {t:.2f} | {runs * args.steps / t:,.0f} | {t / t_a:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
