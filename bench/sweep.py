@@ -10,6 +10,10 @@ float32, timed four ways:
   (c) the same loop with the learning rate traced (one compilation);
   (d) a PyTorch eager loop (CPU) doing the same updates.
 
+SpecGD at a fixed step never converges: it ends in an oscillation whose
+phase amplifies rounding, so float32 PyTorch and JAX part ways there (in
+float64 they agree to 1e-15 on the non-oscillating rates); compare medians.
+
 Compilation is included in every JAX timing (it is part of what a user waits
 for); (a) is also reported warm. Prints a markdown table; run with
 ``python bench/sweep.py [--steps N] [--dim D]``.
@@ -105,8 +109,8 @@ def run_torch(problem, seeds, steps):
         for lr in learning_rates(name):
             for s in range(seeds):
                 init_key, data_key = jax.random.split(jax.random.PRNGKey(s))
-                data = {k: torch.from_numpy(np.asarray(v)) for k, v in problem.sample(data_key).items()}
-                w = torch.from_numpy(np.asarray(problem.init(init_key)["W"])).clone()
+                data = {k: torch.from_numpy(np.array(v)) for k, v in problem.sample(data_key).items()}
+                w = torch.from_numpy(np.array(problem.init(init_key)["W"]))
                 a, y, n = data["A"], data["Y"], problem.samples
                 for _ in range(steps):
                     g = (w @ a - y) @ a.T / n
@@ -157,22 +161,26 @@ def main():
         t_d, fin_d = timed(run_torch, problem, args.seeds, args.steps)
         rows.append(("(d) PyTorch eager loop (CPU)", t_d))
 
-    # The four implementations compute the same runs: check before reporting speed.
+    # The implementations compute the same runs: check before reporting speed.
     final = ds["loss"].isel(step=-1)
-    worst = 0.0
-    for (name, lr, s), value in fin_c.items():
-        i = learning_rates(name).index(lr)
-        ref = float(final.sel(optimizer=name, seed=s).isel(lr=i))
-        worst = max(worst, abs(value - ref) / max(abs(ref), 1e-12), abs(fin_b[name, lr, s] - ref) / max(abs(ref), 1e-12))
-        if not args.skip_torch:
-            worst = max(worst, abs(fin_d[name, lr, s] - ref) / max(abs(ref), 1e-6))
-    print(f"largest relative difference in final loss between implementations: {worst:.2e}")
-
+    others = {"(b)": fin_b, "(c)": fin_c} | ({} if args.skip_torch else {"(d)": fin_d})
+    for label, fin in others.items():
+        for name in factories():
+            diffs = [
+                abs(fin[name, lr, s] - float(final.sel(optimizer=name, seed=s).isel(lr=i)))
+                / abs(float(final.sel(optimizer=name, seed=s).isel(lr=i)))
+                for i, lr in enumerate(learning_rates(name))
+                for s in range(args.seeds)
+            ]
+            print(
+                f"{label} vs (a), {name}: relative difference in final loss: median {np.median(diffs):.1e}, "
+                f"largest {max(diffs):.1e}"
+            )
     print()
-    print("| implementation | wall time (s) | run-steps/s | (a, cold) speed-up |")
-    print("|---|---:|---:|---:|")
+    print("| implementation | wall time (s) | run-steps/s | time / (a) cold | time / (a) warm |")
+    print("|---|---:|---:|---:|---:|")
     for label, t in rows:
-        print(f"| {label} | {t:.2f} | {runs * args.steps / t:,.0f} | {t / t_a:.2f}x |")
+        print(f"| {label} | {t:.2f} | {runs * args.steps / t:,.0f} | {t / t_a:.2f} | {t / t_a_warm:.2f} |")
 
 
 if __name__ == "__main__":
