@@ -21,6 +21,7 @@ from specdyn.problem import problem
 from specdyn.problem import require
 from specdyn.problem import static
 from specdyn.simulate import simulate
+from specdyn.sweep import sweep
 from specdyn.transforms import normalize_frobenius
 from specdyn.transforms import scale_by_polar
 from specdyn.transforms import scale_by_shampoo
@@ -54,4 +55,5 @@ __all__ = [
     "spectral_gd",
     "stable_rank",
     "static",
+    "sweep",
 ]
