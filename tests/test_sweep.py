@@ -1,5 +1,6 @@
 """Sweeps: equal to one-at-a-time runs, one compilation per cell, resumable, sharded."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -12,8 +13,10 @@ import pytest
 import xarray as xr
 
 import specdyn as sd
-from specdyn import results, sweep as sweep_module
+from specdyn import results
 from specdyn.sweep import TRACE_COUNTS, sweep
+
+sweep_module = importlib.import_module("specdyn.sweep")  # sd.sweep, the function, shadows the module
 
 PROBLEM = sd.problems.MatrixLeastSquares(rows=5, cols=4, samples=12)
 SWEEP = dict(
@@ -53,12 +56,18 @@ def test_sweep_equals_runs_simulated_one_at_a_time(reference):
             np.testing.assert_allclose(got[metric].values, np.asarray(out[metric]), rtol=1e-5, atol=1e-7)
 
 
-def test_one_compilation_per_cell_across_batches_and_chunks(reference):
+def test_one_compilation_per_cell_across_batches_and_chunks(reference, monkeypatch):
+    # With almost no memory the 8 runs of a cell split into batches of 1, each run in chunks.
+    monkeypatch.setattr(sweep_module, "_memory_per_device", lambda: 1.0)
     before = TRACE_COUNTS["advance"]
-    ds = sweep(PROBLEM, **SWEEP, batch_size=3)  # 8 runs per cell -> 3 batches, chunks of records
+    ds = sweep(PROBLEM, **SWEEP)
     cells = 2 * 2  # optimizers x static samples values
     assert TRACE_COUNTS["advance"] - before == cells
     xr.testing.assert_allclose(ds.drop_attrs(), reference.drop_attrs())
+    before = TRACE_COUNTS["advance"]
+    again = sweep(PROBLEM, **SWEEP, batch_size=3)  # an explicit batch size: 3 batches, padded
+    assert TRACE_COUNTS["advance"] - before == cells
+    xr.testing.assert_allclose(again.drop_attrs(), reference.drop_attrs())
 
 
 def test_exploding_learning_rate_marks_only_that_run():
