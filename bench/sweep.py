@@ -27,9 +27,7 @@ import platform
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 import specdyn as sd
 from specdyn.sweep import sweep

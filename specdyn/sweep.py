@@ -304,8 +304,7 @@ def _run_cell(problem, factory, lrs, seeds, data_grid, data_combos, *, steps, re
     outputs = []
     for b in range(n_batches):
         idx = np.minimum(np.arange(b * size, (b + 1) * size), n_runs - 1)  # pad with the last run
-        take = lambda x: jax.device_put(x[idx], shard)
-        p_b, k_b, lr_b = jax.tree.map(take, problems), take(keys), take(lr_values)
+        p_b, k_b, lr_b = jax.tree.map(lambda x, idx=idx: jax.device_put(x[idx], shard), (problems, keys, lr_values))
         state, data = init_jit(p_b, k_b, lr_b)
         chunks = []
         real = min(size, n_runs - b * size)
