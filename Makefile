@@ -17,7 +17,7 @@ demo: install
 	$(BIN)/specdyn demo
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 bench: install
 	$(BIN)/python bench/sweep.py
