@@ -1,0 +1,220 @@
+"""Imbalanced-data experiments (PAPERS.md §2): figures, best-lr selection, digits MLP.
+
+Figure functions take a sweep Dataset and return a matplotlib Figure (used by the
+TOML ``[plot] figures = ["imbalanced.<name>"]``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
+
+from specdyn.reduced import imbalanced as red
+
+__all__ = ["alpha_closed_forms", "best_learning_rates", "best_lr_accuracy", "depth_gap",
+           "saturation_steps"]
+
+
+def _field(ds, name, default):
+    """A problem field from the sweep's config attribute (or the default)."""
+    def find(obj):
+        if isinstance(obj, dict):
+            if name in obj and isinstance(obj[name], int | float):
+                return obj[name]
+            for v in obj.values():
+                r = find(v)
+                if r is not None:
+                    return r
+        return None
+    r = find(json.loads(ds.attrs.get("config", "{}")))
+    return default if r is None else r
+
+
+def best_learning_rates(ds: xr.Dataset, metric: str = "balanced_accuracy") -> xr.DataArray:
+    """Selection rule: per optimizer (and grid point), the lr index whose final ``metric``
+    averaged over seeds is largest; runs that diverged (diverged_at >= 0) count as −inf,
+    so an lr is chosen only if some seed survived. Returns the lr index (dims: optimizer, grid)."""
+    final = ds[metric].isel(step=-1)
+    ok = ds["diverged_at"] < 0
+    score = final.where(ok).mean("seed", skipna=True).fillna(-np.inf)
+    return score.argmax("lr")
+
+
+def _select(ds, da, metric):
+    return da.isel(lr=best_learning_rates(ds, metric))
+
+
+def alpha_closed_forms(ds: xr.Dataset) -> plt.Figure:
+    """α_c over steps per optimizer (first lr, seed 0) with the GD/SpecGD closed forms."""
+    mu, sigma = _field(ds, "mean_norm", 1.0), _field(ds, "noise", 0.5)
+    opts = list(ds.optimizer.values)
+    fig, axes = plt.subplots(1, len(opts), figsize=(4 * len(opts), 3.4), squeeze=False, sharey=True)
+    t = ds.step.values.astype(float)[:, None]
+    for ax, name in zip(axes[0], opts, strict=True):
+        sel = ds.sel(optimizer=name).isel(lr=0, seed=0)
+        lr = float(ds.learning_rate.sel(optimizer=name).isel(lr=0))
+        p = sel["priors"].isel(step=0).values
+        alpha = sel["alpha"].values
+        for c in range(alpha.shape[-1]):
+            ax.plot(t[:, 0], alpha[:, c], label=f"class {c} (p={p[c]:.2f})")
+        closed = {"gd": red.gd_alpha, "specgd": red.specgd_alpha}.get(str(name))
+        if closed is not None:
+            ax.plot(t[:, 0], np.asarray(closed(t, lr, p, mu, sigma)), "k--", lw=0.8)
+        ax.axhline(0, color="grey", lw=0.3)
+        for s in np.asarray(red.components(p, mu, sigma)[2]):
+            ax.axhline(s, color="grey", ls=":", lw=0.6)
+        ax.set(title=f"{name} (lr={lr:g})" + (" — dashed: closed form" if closed else ""), xlabel="step")
+    axes[0, 0].set_ylabel(r"$\alpha_c$")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def best_lr_accuracy(ds: xr.Dataset) -> plt.Figure:
+    """Balanced and worst-class accuracy vs step, each optimizer at its best lr (mean ± range over seeds)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, metric in zip(axes, ["balanced_accuracy", "worst_accuracy"], strict=True):
+        best = best_learning_rates(ds, "balanced_accuracy")
+        for name in ds.optimizer.values:
+            da = ds[metric].sel(optimizer=name).isel(lr=int(best.sel(optimizer=name)))
+            lr = float(ds.learning_rate.sel(optimizer=name).isel(lr=int(best.sel(optimizer=name))))
+            da = da.squeeze(drop=True)
+            m = da.mean("seed") if "seed" in da.dims else da
+            line, = ax.plot(ds.step, m, label=f"{name} (lr={lr:g})")
+            if "seed" in da.dims:
+                ax.fill_between(ds.step, da.min("seed"), da.max("seed"), color=line.get_color(), alpha=0.2)
+        ax.set(xscale="symlog", xlabel="step", title=metric.replace("_", " "))
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def saturation_steps(alpha: np.ndarray, star: np.ndarray, steps: np.ndarray, frac: float = 0.9) -> np.ndarray:
+    """First recorded step at which α_c ≥ frac·α*_c (NaN if never); class axis last."""
+    hit = alpha >= frac * star
+    first = np.argmax(hit, axis=0)
+    return np.where(hit.any(axis=0), steps[first], np.nan)
+
+
+def depth_gap(ds: xr.Dataset) -> plt.Figure:
+    """Minority − majority gap in time to 90% saturation vs depth, per optimizer."""
+    mu, sigma = _field(ds, "mean_norm", 1.0), _field(ds, "noise", 0.5)
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    depths = ds["depth"].values if "depth" in ds.dims else [1]
+    for name in ds.optimizer.values:
+        ratios = []
+        for L in depths:
+            sel = ds.sel(optimizer=name).isel(lr=0, seed=0)
+            if "depth" in ds.dims:
+                sel = sel.sel(depth=L)
+            p = sel["priors"].isel(step=0).values
+            star = np.asarray(red.components(p, mu, sigma)[2])
+            T = saturation_steps(sel["alpha"].values, star, ds.step.values)
+            ratios.append(T[-1] / T[0])
+        ax.plot(depths, ratios, "o-", label=str(name))
+    ax.set(xlabel="depth L", ylabel="T(minority) / T(majority)", title="saturation gap (90% of α*)", yscale="log")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- real data: digits
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from specdyn.problem import problem, static  # noqa: E402
+
+
+def long_tailed_digits(ratio: float = 0.05, seed: int = 0, test_fraction: float = 0.3):
+    """scikit-learn's 8×8 digits (shipped, no download), standardised; the training split
+    keeps class c with fraction ratio^(c/9) (class 0 all, class 9 a fraction ``ratio``);
+    the test split is left balanced. Returns a data dict for :class:`DigitsMLP`."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(y))
+    x, y = x[perm] / 16.0, y[perm]
+    n_test = int(test_fraction * len(y))
+    xt, yt, xtr, ytr = x[:n_test], y[:n_test], x[n_test:], y[n_test:]
+    keep = np.concatenate([np.flatnonzero(ytr == c)[: max(1, int(round(ratio ** (c / 9) * np.sum(ytr == c))))]
+                           for c in range(10)])
+    xtr, ytr = xtr[keep], ytr[keep]
+    m, s = xtr.mean(0), xtr.std(0) + 1e-3
+    f = lambda a: jnp.asarray((a - m) / s, dtype=jnp.float32)  # noqa: E731
+    return {"x": f(xtr), "y": jnp.asarray(ytr), "x_test": f(xt), "y_test": jnp.asarray(yt)}
+
+
+@problem
+class DigitsMLP:
+    """One-hidden-layer tanh MLP on long-tailed digits, full-batch cross-entropy.
+    Data comes through ``sd.simulate(..., data=long_tailed_digits(...))``."""
+
+    width: int = static(64)
+    init_scale: float = 1.0
+
+    def init(self, key):
+        k1, k2 = jax.random.split(key)
+        return {"W1": self.init_scale * jax.random.normal(k1, (self.width, 64)) / 8.0,
+                "W2": self.init_scale * jax.random.normal(k2, (10, self.width)) / jnp.sqrt(self.width)}
+
+    def _logits(self, params, x):
+        return jnp.tanh(x @ params["W1"].T) @ params["W2"].T
+
+    def loss(self, params, data):
+        logp = jax.nn.log_softmax(self._logits(params, data["x"]))
+        return -jnp.mean(jnp.take_along_axis(logp, data["y"][:, None], axis=1))
+
+    def metrics(self, params, data):
+        pred = jnp.argmax(self._logits(params, data["x_test"]), axis=1)
+        hit = (pred == data["y_test"]).astype(jnp.float32)
+        onehot = jax.nn.one_hot(data["y_test"], 10)
+        class_acc = hit @ onehot / jnp.maximum(onehot.sum(0), 1.0)
+        return {"accuracy": jnp.mean(hit), "balanced_accuracy": jnp.mean(class_acc),
+                "worst_accuracy": jnp.min(class_acc), "class_accuracy": class_acc}
+
+    metric_dims = {"class_accuracy": ("class",)}  # noqa: RUF012
+
+
+DIGITS_LRS = {"gd": 0.5, "muon": 0.05, "shampoo": 0.05, "adam": 0.01}
+
+
+def digits_experiment(*, full: bool = False, seeds=None, ratio: float = 0.05, learning_rates=None,
+                      optimizers=("gd", "muon", "shampoo", "adam"), steps=None):
+    """Balanced/worst-class test accuracy over full-batch training (GD = full-batch SGD,
+    Muon, Shampoo, Adam from :mod:`specdyn`) on long-tailed digits. Smoke: 60 steps, 2 seeds;
+    full: 600 steps, 5 seeds. Returns {optimizer: {metric: array (seed, record)}, "step": ...}."""
+    import specdyn as sd
+
+    default_steps, rec = (600, 10) if full else (60, 10)
+    steps = default_steps if steps is None else steps
+    seeds = list(range(5 if full else 2)) if seeds is None else list(seeds)
+    lrs = dict(DIGITS_LRS, **(learning_rates or {}))
+    prob = DigitsMLP()
+    out = {}
+    for name in optimizers:
+        lr = lrs[name]
+        runs = [sd.simulate(prob, sd.get_optimizer(name, lr), key=jax.random.PRNGKey(s), steps=steps,
+                            record_every=rec, data=long_tailed_digits(ratio, seed=s)) for s in seeds]
+        out[name] = {k: np.stack([np.asarray(r[k]) for r in runs])
+                     for k in ("loss", "accuracy", "balanced_accuracy", "worst_accuracy")}
+        out["step"] = np.asarray(runs[0]["step"])
+    return out
+
+
+def digits_figure(result) -> plt.Figure:
+    """Balanced and worst-class test accuracy (mean ± range over seeds) per optimizer."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, metric in zip(axes, ["balanced_accuracy", "worst_accuracy"], strict=True):
+        for name, r in result.items():
+            if name == "step":
+                continue
+            line, = ax.plot(result["step"], r[metric].mean(0), label=name)
+            ax.fill_between(result["step"], r[metric].min(0), r[metric].max(0), color=line.get_color(), alpha=0.2)
+        ax.set(xlabel="step", title=f"long-tailed digits: {metric.replace('_', ' ')}")
+    axes[0].legend()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,95 @@
+"""GaussianMixture (PAPERS.md §2) against closed forms, Monte Carlo and fitted slopes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import specdyn as sd
+from specdyn.problems.gaussian_mixture import GaussianMixture
+from specdyn.reduced import imbalanced as red
+
+P3 = (0.5, 0.3, 0.2)
+
+
+def test_validation():
+    with pytest.raises(ValueError, match="dim"):
+        GaussianMixture(classes=4, dim=3)
+    with pytest.raises(ValueError, match="samples"):
+        GaussianMixture(loss_type="cross_entropy")
+    with pytest.raises(ValueError, match="priors"):
+        GaussianMixture(priors=(1.0, 2.0))
+
+
+def test_population_loss_matches_monte_carlo():
+    with jax.enable_x64(True):
+        prob = GaussianMixture(classes=3, dim=5, priors=P3, depth=2, width=4, init_scale=0.3,
+                               mean_norm=1.5, noise=0.7)
+        keys = jax.random.split(jax.random.PRNGKey(0), 2)
+        params = {"W1": jax.random.normal(keys[0], (4, 5)), "W2": jax.random.normal(keys[1], (3, 4))}
+        exact = float(prob.loss(params, {}))
+        rng = np.random.default_rng(0)
+        n = 400_000
+        y = rng.choice(3, size=n, p=np.array(P3))
+        x = 0.7 * rng.standard_normal((n, 5)) + 1.5 * np.eye(5)[y]
+        w = np.asarray(params["W2"] @ params["W1"])
+        mc = 0.5 * np.mean(np.sum((x @ w.T - np.eye(3)[y]) ** 2, axis=1))
+        assert abs(exact - mc) / mc < 0.01
+
+
+@pytest.mark.parametrize("name", ["gd", "specgd"])
+def test_alpha_closed_forms(name):
+    with jax.enable_x64(True):
+        lr, steps = 0.01, 120
+        prob = GaussianMixture(classes=3, dim=3, priors=P3, mean_norm=1.0, noise=0.5)
+        opt = sd.gd(lr) if name == "gd" else sd.spectral_gd(lr, method="svd")
+        out = sd.simulate(prob, opt, key=jax.random.PRNGKey(0), steps=steps)
+        t = np.asarray(out["step"], dtype=float)[:, None]
+        f = red.gd_alpha if name == "gd" else red.specgd_alpha
+        want = np.asarray(f(t, lr, jnp.asarray(P3), 1.0, 0.5))
+        got = np.asarray(out["alpha"])
+        np.testing.assert_allclose(got[1:], want[1:], rtol=1e-6)
+        assert got.shape == (steps + 1, 3) and np.all(got[0] == 0)
+        if name == "specgd":  # saturation reached and oscillating around α*
+            star = np.asarray(red.components(jnp.asarray(P3), 1.0, 0.5)[2])
+            assert np.all(np.abs(got[-1] - star) <= lr)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_depth_saturation_slope(depth):
+    """SpecGD saturation step T_c vs α*_c on log axes: slope 1/L."""
+    with jax.enable_x64(True):
+        lr, a0 = 1e-3, 1e-3
+        prob = GaussianMixture(classes=8, dim=8, priors="power", imbalance=1.5, depth=depth,
+                               init_scale=a0 if depth > 1 else 0.0, mean_norm=1.0, noise=0.3)
+        out = sd.simulate(prob, sd.spectral_gd(lr, method="svd"), key=jax.random.PRNGKey(0), steps=1100)
+        p = np.asarray(prob.class_priors())
+        star = np.asarray(red.components(jnp.asarray(p), 1.0, 0.3)[2])
+        alpha = np.asarray(out["alpha"])
+        T = np.argmax(alpha >= star, axis=0)
+        assert np.all(alpha[T, np.arange(8)] >= star) and np.all(T > 0)
+        np.testing.assert_array_equal(T, np.asarray(red.depth_saturation_time(lr, depth, a0 if depth > 1 else 0.0, jnp.asarray(p), 1.0, 0.3)))
+        slope = np.polyfit(np.log(star), np.log(T), 1)[0]
+        assert abs(slope - 1.0 / depth) < 0.05
+
+
+def test_cross_entropy_finite_sample_learns():
+    prob = GaussianMixture(classes=4, dim=8, priors="power", imbalance=1.0, samples=400,
+                           loss_type="cross_entropy", mean_norm=3.0, noise=1.0, test_per_class=100)
+    out = sd.simulate(prob, sd.gd(0.5), key=jax.random.PRNGKey(1), steps=100, record_every=20)
+    acc, bal, worst = (np.asarray(out[k])[-1] for k in ("accuracy", "balanced_accuracy", "worst_accuracy"))
+    assert bal > 0.5  # chance is 0.25
+    assert worst <= bal <= np.max(np.asarray(out["class_accuracy"])[-1])
+    assert out["class_accuracy"].shape == (6, 4)
+
+
+def test_digits_mlp_smoke():
+    from specdyn.experiments.imbalanced import digits_experiment, long_tailed_digits
+
+    data = long_tailed_digits(0.05, seed=0)
+    counts = np.bincount(np.asarray(data["y"]), minlength=10)
+    assert counts[0] > 10 * counts[9] > 0  # long-tailed training split
+    r = digits_experiment(seeds=[0], optimizers=("muon",), steps=30)
+    bal, worst = r["muon"]["balanced_accuracy"][0], r["muon"]["worst_accuracy"][0]
+    assert bal[-1] > 0.5 > bal[0] - 0.3  # well above chance (0.1) after 30 steps
+    assert np.all(worst <= bal + 1e-6)
