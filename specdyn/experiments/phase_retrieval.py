@@ -148,3 +148,44 @@ def escape_time_vs_dim(ds, threshold=0.5):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def lr_regimes(ds, threshold=0.5):
+    """Learning-rate regimes: final alignment (left) and escape step, the first step with
+    alignment > threshold (right), against the learning rate, one line per optimizer (mean
+    over seeds; other swept dims at their first value). Diverged runs (``diverged_at`` >= 0)
+    are marked with an x at alignment 0 and left out of the escape panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    al = ds["alignment"]
+    et = escape_time(al, threshold=threshold)
+    final = al.isel(step=-1)
+    div = ds["diverged_at"] >= 0 if "diverged_at" in ds else final.isnull()
+    extra = [d for d in final.dims if d not in ("optimizer", "lr", "seed")]
+    sel = {d: 0 for d in extra}
+    final, et, div = final.isel(sel), et.isel(sel), div.isel({d: 0 for d in extra if d in div.dims})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, opt in enumerate(ds["optimizer"].values):
+        lr = ds["learning_rate"].sel(optimizer=opt).values.astype(float)
+        f = final.sel(optimizer=opt).where(~div.sel(optimizer=opt))
+        d_any = div.sel(optimizer=opt)
+        d_any = d_any.any("seed").values if "seed" in d_any.dims else d_any.values
+        fm = f.mean("seed").values if "seed" in f.dims else f.values
+        e = et.sel(optimizer=opt)
+        em = e.mean("seed").values if "seed" in e.dims else e.values
+        col = f"C{i}"
+        axes[0].semilogx(lr, fm, "o-", color=col, label=str(opt))
+        if d_any.any():
+            axes[0].semilogx(lr[d_any], np.zeros(d_any.sum()), "x", color=col, ms=9,
+                             label=f"{opt} diverged")
+        axes[1].loglog(lr, em, "o-", color=col, label=str(opt))
+    axes[0].set(xlabel="learning rate", ylabel="final alignment", ylim=(-0.05, 1.05))
+    axes[0].legend()
+    axes[1].set(xlabel="learning rate", ylabel=f"escape step (alignment > {threshold})")
+    axes[1].legend()
+    fig.suptitle("phase retrieval: learning-rate regimes")
+    fig.tight_layout()
+    return fig
