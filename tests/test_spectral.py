@@ -64,12 +64,14 @@ def test_svd_polar_of_rank_deficient_matrix_has_that_rank(rank):
     assert np.linalg.matrix_rank(out, tol=1e-8) == rank
 
 
-# Measured bands [min, max] of output singular values on well-conditioned inputs
-# (singular values of G in [1/5, 1] after scaling), with a 0.02 margin.
+# Bands [min, max] of output singular values on 16 matrices 24x12 with singular
+# values spread over [1/5, 1]; measured: jordan-5 [0.683, 1.126], dion-5
+# [0.978, 1.030], polar_express-5 [0.879, 1.118], polar_express-8 [1.000, 1.000].
+# Asserted with a 0.02 margin (1e-3 for the converged one).
 BANDS = {
-    ("newton_schulz", "jordan", 5): (0.68, 1.21),
-    ("newton_schulz", "dion", 5): (0.75, 1.25),
-    ("polar_express", None, 5): (0.83, 1.13),
+    ("newton_schulz", "jordan", 5): (0.66, 1.15),
+    ("newton_schulz", "dion", 5): (0.95, 1.06),
+    ("polar_express", None, 5): (0.85, 1.14),
     ("polar_express", None, 8): (0.999, 1.001),
 }
 
