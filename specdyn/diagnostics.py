@@ -1,8 +1,8 @@
 """Spectral diagnostics of matrices: stable rank, nuclear rank, subspace angles.
 
-Every function acts on the last two axes, so it takes one matrix or a stack.
-Each divides by the largest entry first, so tiny or huge matrices neither
-underflow nor overflow.
+Every function acts on the last two axes, so it takes one matrix or a stack,
+and is jitted (one compiled program per shape and dtype). Each divides by the
+largest entry first, so tiny or huge matrices neither underflow nor overflow.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def _scaled(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     return safe_divide(a, scale[..., None, None]), scale
 
 
+@jax.jit
 def frobenius_norm(a: jax.Array) -> jax.Array:
     """‖A‖_F over the last two axes, without overflow or underflow."""
     x, scale = _scaled(a)
@@ -45,24 +46,28 @@ def _singular_values(a):
     return jnp.linalg.svd(x, compute_uv=False), scale
 
 
+@jax.jit
 def nuclear_norm(a: jax.Array) -> jax.Array:
     """‖A‖_* = sum of singular values."""
     s, scale = _singular_values(a)
     return scale * jnp.sum(s, axis=-1)
 
 
+@jax.jit
 def stable_rank(a: jax.Array) -> jax.Array:
     """st(A) = ‖A‖_F² / ‖A‖_2², in [1, rank A]; 0 for a zero matrix."""
     s, _ = _singular_values(a)
     return safe_divide(jnp.sum(jnp.square(s), axis=-1), jnp.square(s[..., 0]))
 
 
+@jax.jit
 def nuclear_rank(g: jax.Array) -> jax.Array:
     """nr(G) = ‖G‖_*² / ‖G‖_F², in [1, rank G]; 0 for a zero matrix."""
     s, _ = _singular_values(g)
     return safe_divide(jnp.square(jnp.sum(s, axis=-1)), jnp.sum(jnp.square(s), axis=-1))
 
 
+@jax.jit
 def principal_angles(a: jax.Array, b: jax.Array) -> jax.Array:
     """Principal angles (radians, ascending) between the column spaces of a and b.
 
@@ -72,4 +77,5 @@ def principal_angles(a: jax.Array, b: jax.Array) -> jax.Array:
     qa, _ = jnp.linalg.qr(a)
     qb, _ = jnp.linalg.qr(b)
     cos = jnp.linalg.svd(jnp.matmul(jnp.swapaxes(qa, -1, -2), qb), compute_uv=False)
-    return jnp.arccos(jnp.clip(cos, -1.0, 1.0))[..., ::-1]
+    # singular values come in descending order, so the angles ascend
+    return jnp.arccos(jnp.clip(cos, -1.0, 1.0))

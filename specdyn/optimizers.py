@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from specdyn.polar import polar_config
@@ -28,9 +29,24 @@ __all__ = [
 ]
 
 
+def _keep_dtype(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Cast every update back to its gradient's dtype.
+
+    A traced float32 learning rate (a sweep vmapped over lr) would otherwise
+    promote bfloat16 updates to float32; multiplying in float32 and casting the
+    product is also more accurate than casting lr to bfloat16 first.
+    """
+
+    def update_fn(updates, state, params=None):
+        new, state = tx.update(updates, state, params)
+        return jax.tree.map(lambda u, g: u.astype(jnp.result_type(g)), new, updates), state
+
+    return optax.GradientTransformation(tx.init, update_fn)
+
+
 def gd(learning_rate) -> optax.GradientTransformation:
     """Plain gradient descent W ← W − lr·G (= ``optax.sgd``)."""
-    return optax.sgd(learning_rate)
+    return _keep_dtype(optax.sgd(learning_rate))
 
 
 def spectral_gd(learning_rate, *, nuclear_scaling: bool = False, **polar_kwargs) -> optax.GradientTransformation:
@@ -39,34 +55,38 @@ def spectral_gd(learning_rate, *, nuclear_scaling: bool = False, **polar_kwargs)
     ``polar_kwargs`` (method, steps, coeffs, rank_tol, compute_dtype, diagnostics)
     go to :func:`specdyn.scale_by_polar`.
     """
-    return optax.chain(
-        scale_by_polar(nuclear_scaling=nuclear_scaling, **polar_kwargs),
-        optax.scale_by_learning_rate(learning_rate),
+    return _keep_dtype(
+        optax.chain(
+            scale_by_polar(nuclear_scaling=nuclear_scaling, **polar_kwargs),
+            optax.scale_by_learning_rate(learning_rate),
+        )
     )
 
 
 def normalized_gd(learning_rate) -> optax.GradientTransformation:
     """Normalized GD: W ← W − lr·G/‖G‖_F, per leaf."""
-    return optax.chain(normalize_frobenius(), optax.scale_by_learning_rate(learning_rate))
+    return _keep_dtype(optax.chain(normalize_frobenius(), optax.scale_by_learning_rate(learning_rate)))
 
 
 def sign_gd(learning_rate) -> optax.GradientTransformation:
     """Sign GD: W ← W − lr·sign(G)."""
-    return optax.chain(optax.scale_by_sign(), optax.scale_by_learning_rate(learning_rate))
+    return _keep_dtype(optax.chain(optax.scale_by_sign(), optax.scale_by_learning_rate(learning_rate)))
 
 
 def adam(learning_rate, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0):
     """Adam (``optax.adam``), or AdamW when ``weight_decay`` > 0."""
     if weight_decay:
-        return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-    return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+        return _keep_dtype(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+    return _keep_dtype(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps))
 
 
 def shampoo(learning_rate, *, exponent: float = 0.25, eps: float = 1e-6, decay: float = 1.0):
     """Full-matrix Shampoo W ← W − lr·L^(-1/4) G R^(-1/4) (see :func:`scale_by_shampoo`)."""
-    return optax.chain(
-        scale_by_shampoo(exponent=exponent, eps=eps, decay=decay),
-        optax.scale_by_learning_rate(learning_rate),
+    return _keep_dtype(
+        optax.chain(
+            scale_by_shampoo(exponent=exponent, eps=eps, decay=decay),
+            optax.scale_by_learning_rate(learning_rate),
+        )
     )
 
 
@@ -119,7 +139,7 @@ def muon(
         weight_decay=weight_decay,
     )
     labels = lambda params: jax.tree.map(lambda p: "matrix" if p.ndim >= 2 else "other", params)
-    return optax.partition({"matrix": matrix, "other": other}, labels)
+    return _keep_dtype(optax.partition({"matrix": matrix, "other": other}, labels))
 
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {

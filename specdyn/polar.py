@@ -132,7 +132,9 @@ class PolarConfig:
     coeffs: tuple[tuple[float, float, float], ...] | None  # one row per step
     rank_tol: float | None
     input_scale: float  # X₀ = G / (input_scale * ‖G‖_F) for polynomial methods
-    compute_dtype: jnp.dtype | None
+    # a dtype *name*: np.dtype("float64") == None is True in numpy, which would make
+    # a float64 config equal to the default one (and share its jit cache entry)
+    compute_dtype: str | None
 
     @property
     def steps(self) -> int | None:
@@ -196,10 +198,17 @@ def polar_config(
             raise ValueError(f"compute_dtype is not a dtype: {compute_dtype=!r}") from err
         if not jnp.issubdtype(compute_dtype, jnp.floating):
             raise ValueError(f"compute_dtype must be a floating dtype, got {compute_dtype=}")
+        compute_dtype = compute_dtype.name
     if method == "svd":
         if steps is not None or coeffs is not None:
             raise ValueError(
                 f"method='svd' is exact and takes no steps or coeffs, got {steps=}, {coeffs=}"
+            )
+        if compute_dtype is not None and jnp.finfo(compute_dtype).bits < 32:
+            raise ValueError(
+                f"method='svd' cannot run in {compute_dtype=} (LAPACK and cuSOLVER have no "
+                "half-precision SVD); leave compute_dtype=None (half inputs are promoted to "
+                "float32) or use a polynomial method"
             )
         return PolarConfig("svd", None, rank_tol, 1.0, compute_dtype)
     if method == "newton_schulz":
@@ -258,7 +267,17 @@ def polar_with_config(g: jax.Array, config: PolarConfig) -> jax.Array:
         raise ValueError(f"polar needs a matrix or a stack of matrices, got shape {g.shape}")
     if not jnp.issubdtype(g.dtype, jnp.floating):
         raise ValueError(f"polar needs a floating-point array, got dtype {g.dtype}")
-    dtype = config.compute_dtype or _default_compute_dtype(config.method, g.dtype)
+    return _polar_jit(g, config)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _polar_jit(g: jax.Array, config: PolarConfig) -> jax.Array:
+    # One compiled program per (shape, dtype, config): an eager call costs one
+    # dispatch instead of one per operation; under an outer jit it is inlined.
+    if config.compute_dtype is None:
+        dtype = _default_compute_dtype(config.method, g.dtype)
+    else:
+        dtype = jnp.dtype(config.compute_dtype)
     x = _divide_by_max_abs(g.astype(dtype))
     if config.method == "svd":
         out = _svd_polar(x, config.rank_tol)

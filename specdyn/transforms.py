@@ -157,14 +157,18 @@ class ScaleByShampooState(NamedTuple):
     """Full-matrix Shampoo statistics."""
 
     count: jax.Array  # shape=(), int32
-    left: Any  # per leaf: (..., m, m) running sum of G Gᵀ (+ eps I)
-    right: Any  # per leaf: (..., n, n) running sum of Gᵀ G (+ eps I)
+    left: Any  # per leaf: (..., m, m) Σ decay^(T-t) G Gᵀ; vectors: (n,) Σ decay^(T-t) g²
+    right: Any  # per leaf: (..., n, n) Σ decay^(T-t) Gᵀ G; vectors: () unused
 
 
 def _inverse_root(s: jax.Array, power: float, eps: float) -> jax.Array:
-    """S^(-power) for symmetric PSD S via eigh, eigenvalues floored at eps."""
+    """(S + eps I)^(-power) for symmetric PSD S via eigh.
+
+    Round-off can leave eigenvalues of S slightly negative: they are clipped at 0
+    first. (LAPACK has no half-precision eigh: callers pass float32 or wider.)
+    """
     w, q = jnp.linalg.eigh(s)
-    w = jnp.maximum(w, eps) ** (-power)
+    w = (jnp.maximum(w, 0) + eps) ** (-power)
     return jnp.matmul(q * w[..., None, :], jnp.swapaxes(q, -1, -2))
 
 
@@ -175,7 +179,9 @@ def scale_by_shampoo(
 
     L = eps·I + Σ_t decay^(T-t) G_t G_tᵀ and R likewise with G_tᵀ G_t (``decay=1``:
     plain sums, as in Gupta et al. 2018). Inverse roots via ``eigh`` at every
-    step. Leaves with ndim < 2 use the diagonal version g / (eps + Σ g²)^(2·exponent).
+    step; the state keeps the sums alone and ``eps·I`` is added when taking the
+    root; half-precision leaves keep it in their dtype and do the algebra in
+    float32. Leaves with ndim < 2 use the diagonal version g / (eps + Σ g²)^(2·exponent).
     With ``exponent=1/4`` and one step from zero state, the update of G = U S Vᵀ
     is U S (S² + eps)^(-1/2) Vᵀ ≈ U Vᵀ: Shampoo without memory is SpecGD.
     """
@@ -189,15 +195,13 @@ def scale_by_shampoo(
     def init_fn(params):
         def left(p):
             if p.ndim < 2:
-                return jnp.full(p.shape, eps, p.dtype)
-            return eps * jnp.broadcast_to(jnp.eye(p.shape[-2], dtype=p.dtype), (*p.shape[:-1], p.shape[-2]))
+                return jnp.zeros(p.shape, p.dtype)
+            return jnp.zeros((*p.shape[:-1], p.shape[-2]), p.dtype)
 
         def right(p):
             if p.ndim < 2:
                 return jnp.zeros((), p.dtype)  # unused for vectors
-            return eps * jnp.broadcast_to(
-                jnp.eye(p.shape[-1], dtype=p.dtype), (*p.shape[:-2], p.shape[-1], p.shape[-1])
-            )
+            return jnp.zeros((*p.shape[:-2], p.shape[-1], p.shape[-1]), p.dtype)
 
         return ScaleByShampooState(
             count=jnp.zeros((), jnp.int32),
@@ -211,12 +215,16 @@ def scale_by_shampoo(
         def one(g, lft, rgt):
             if g.ndim < 2:
                 lft = decay * lft + jnp.square(g)
-                return g * lft ** (-2 * exponent), lft, rgt
-            gt = jnp.swapaxes(g, -1, -2)
-            lft = decay * lft + jnp.matmul(g, gt)
-            rgt = decay * rgt + jnp.matmul(gt, g)
-            out = jnp.matmul(_inverse_root(lft, exponent, eps), jnp.matmul(g, _inverse_root(rgt, exponent, eps)))
-            return out, lft, rgt
+                return g * (lft + eps) ** (-2 * exponent), lft, rgt
+            # half precision: statistics stored in the leaf's dtype, algebra in float32
+            dtype = g.dtype
+            work = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
+            x = g.astype(work)
+            xt = jnp.swapaxes(x, -1, -2)
+            lft = decay * lft.astype(work) + jnp.matmul(x, xt)
+            rgt = decay * rgt.astype(work) + jnp.matmul(xt, x)
+            out = jnp.matmul(_inverse_root(lft, exponent, eps), jnp.matmul(x, _inverse_root(rgt, exponent, eps)))
+            return out.astype(dtype), lft.astype(dtype), rgt.astype(dtype)
 
         triples = jax.tree.map(one, updates, state.left, state.right)
         out, left, right = unzip_tree(updates, triples, 3)
