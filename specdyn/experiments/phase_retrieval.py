@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import xarray as xr
 
 
 def _first_above(x, threshold, steps):
@@ -15,36 +16,30 @@ def _first_above(x, threshold, steps):
     return np.where(hit.any(axis=-1), out, np.nan)
 
 
+def _along_steps(data, name, steps, reduce):
+    """Apply ``reduce(values, steps)`` over the step axis of numpy (..., step) data,
+    or of a DataArray with a ``step`` dim (a Dataset: its ``name`` variable), vectorised
+    over every other dim."""
+    if isinstance(data, xr.Dataset | xr.DataArray):
+        da = data[name] if isinstance(data, xr.Dataset) else data
+        st = da["step"].values
+        return xr.apply_ufunc(lambda x: reduce(x, st), da, input_core_dims=[["step"]])
+    steps = np.arange(np.shape(data)[-1]) if steps is None else np.asarray(steps)
+    return reduce(np.asarray(data), steps)
+
+
 def escape_time(alignment, steps=None, threshold=0.5):
     """First step with alignment > threshold (NaN if never).
 
     numpy: ``alignment`` (..., step) with ``steps`` (step,). xarray: a DataArray with a
     ``step`` dim (or a Dataset with an ``alignment`` variable), vectorised over other dims.
     """
-    try:
-        import xarray as xr
-    except ImportError:  # pragma: no cover
-        xr = None
-    if xr is not None and isinstance(alignment, (xr.DataArray, xr.Dataset)):
-        da = alignment["alignment"] if isinstance(alignment, xr.Dataset) else alignment
-        st = da["step"].values
-        return xr.apply_ufunc(lambda x: _first_above(x, threshold, st), da, input_core_dims=[["step"]])
-    steps = np.arange(np.shape(alignment)[-1]) if steps is None else steps
-    return _first_above(alignment, threshold, steps)
+    return _along_steps(alignment, "alignment", steps, lambda x, st: _first_above(x, threshold, st))
 
 
 def peak_spike_step(spike_ratio, steps=None):
     """Step at which spike_ratio (b/a) peaks; numpy (..., step) or xarray with a step dim."""
-    try:
-        import xarray as xr
-    except ImportError:  # pragma: no cover
-        xr = None
-    if xr is not None and isinstance(spike_ratio, (xr.DataArray, xr.Dataset)):
-        da = spike_ratio["spike_ratio"] if isinstance(spike_ratio, xr.Dataset) else spike_ratio
-        st = da["step"].values
-        return xr.apply_ufunc(lambda x: st[np.nanargmax(x, axis=-1)], da, input_core_dims=[["step"]])
-    steps = np.arange(np.shape(spike_ratio)[-1]) if steps is None else np.asarray(steps)
-    return steps[np.nanargmax(np.asarray(spike_ratio), axis=-1)]
+    return _along_steps(spike_ratio, "spike_ratio", steps, lambda x, st: st[np.nanargmax(x, axis=-1)])
 
 
 def demo(out_dir, dim=32, spike=30.0, steps=3000, init_scale=0.01):
