@@ -36,16 +36,17 @@ cells = [
              "prob = GaussianMixture(classes=k, dim=d, priors='power', samples=n, loss_type='cross_entropy',\n"
              "                       mean_norm=3.0, noise=1.0, test_per_class=100 if FULL else 20)\n"
              "lrs = {'gd': [1.0, 3.0], 'ngd': [0.03, 0.1], 'specgd': [0.03, 0.1], 'adam': [0.003, 0.01]}\n"
+             "lrs = lrs if FULL else {k: lrs[k] for k in ('gd', 'specgd')}\n"
              "ds = sd.sweep(prob, optimizers=list(lrs), learning_rates=lrs, seeds=3 if FULL else 1,\n"
              "              steps=steps, record_every=max(1, steps // 40), progress=False)\n"
              "print(ex.best_learning_rates(ds).to_series())\n"
              "ex.best_lr_accuracy(ds); plt.show()"),
     ("md", "## Real data: long-tailed digits, MLP"),
-    ("code", "r = ex.digits_experiment(full=FULL, seeds=None if FULL else [0], steps=None if FULL else 30,\n"
+    ("code", "r = ex.digits_experiment(full=FULL, seeds=None if FULL else [0, 1], steps=None if FULL else 30,\n"
              "                         optimizers=('gd', 'muon', 'shampoo', 'adam') if FULL else ('gd', 'muon'))\n"
              "for name in r:\n"
              "    if name != 'step':\n"
-             "        print(name, 'final balanced', r[name]['balanced_accuracy'][:, -1].mean().round(3),\n"
+             "        print(name, 'lr', r[name]['learning_rate'], 'final balanced', r[name]['balanced_accuracy'][:, -1].mean().round(3),\n"
              "              'worst', r[name]['worst_accuracy'][:, -1].mean().round(3))\n"
              "ex.digits_figure(r); plt.show()"),
 ]
