@@ -185,7 +185,7 @@ class DigitsMLP:
     metric_dims = {"class_accuracy": ("class",)}  # noqa: RUF012
 
 
-DIGITS_LRS = {"gd": 0.5, "muon": 0.05, "shampoo": 0.05, "adam": 0.01}
+DIGITS_LRS = {"gd": 0.5, "muon": 0.015, "shampoo": 0.05, "adam": 0.005}
 DIGITS_METRICS = ("loss", "accuracy", "balanced_accuracy", "worst_accuracy")
 
 
