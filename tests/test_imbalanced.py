@@ -90,12 +90,16 @@ def test_digits_mlp_smoke():
     counts = np.bincount(np.asarray(data["y"]), minlength=10)
     assert counts[0] > 10 * counts[9] > 0  # long-tailed training split
     test_counts = np.bincount(np.asarray(data["y_test"]), minlength=10)
-    assert test_counts.max() - test_counts.min() <= 2  # balanced (stratified) test split
+    from sklearn.datasets import load_digits
+
+    per_class = np.bincount(load_digits().target, minlength=10)
+    np.testing.assert_array_equal(test_counts, np.round(0.3 * per_class))  # stratified: 30% of each class
     other = long_tailed_digits(0.05, seed=1)
     assert all(other[k].shape == data[k].shape for k in data)  # same shapes for every seed: vmappable
     assert not np.array_equal(np.asarray(other["x"]), np.asarray(data["x"]))
-    r = digits_experiment(seeds=[0, 1], optimizers=("muon",), steps=30, learning_rates={"muon": [0.015, 1e4]})
-    assert r["muon"]["learning_rate"] == 0.015 and r["muon"]["scores"][1e4] < r["muon"]["scores"][0.015]
+    r = digits_experiment(seeds=[0, 1], optimizers=("muon",), steps=30, learning_rates={"muon": [0.001, 0.05]})
+    scores = r["muon"]["scores"]  # 0.001 barely moves in 30 steps: the rule must pick 0.05
+    assert r["muon"]["learning_rate"] == max(scores, key=scores.get) == 0.05
     bal, worst = r["muon"]["balanced_accuracy"][0], r["muon"]["worst_accuracy"][0]
     assert bal[-1] > 0.5 > bal[0] - 0.3  # well above chance (0.1) after 30 steps
     assert np.all(worst <= bal + 1e-6)
