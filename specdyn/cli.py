@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="folder for the figures (default: out/demo)")
     sw = sub.add_parser("sweep", help="run a TOML sweep file; writes results.nc and PNG figures")
     sw.add_argument("file", help="a sweep file, e.g. sweeps/phase_retrieval/spike.toml")
-    sw.add_argument("--out", help="output folder (default: out/<file name>[-smoke])")
+    sw.add_argument("--out", help="output folder (default: out/<folder>/<file name>[-smoke])")
     sw.add_argument("--smoke", action="store_true", help="apply the file's [smoke] sizes (seconds)")
     sw.add_argument("--fresh", action="store_true", help="discard finished cells instead of resuming")
     sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -81,7 +81,8 @@ def _cmd_sweep(args) -> None:
     from specdyn.config import load_sweep_file
 
     spec = load_sweep_file(args.file, smoke=args.smoke)
-    out = Path(args.out or f"out/{spec.name}{'-smoke' if args.smoke else ''}")
+    default = Path("out") / Path(args.file).resolve().parent.name / f"{spec.name}{'-smoke' if args.smoke else ''}"
+    out = Path(args.out) if args.out else default
     if spec.x64:
         jax.config.update("jax_enable_x64", True)
     from specdyn.plot import standard_figures
