@@ -11,7 +11,11 @@ With a one-thread pool the kernels run their batch inline and cannot deadlock.
 The pool's size is read from the process's CPU affinity when the CPU backend
 starts, so on machines with at most ``SPECDYN_POOL_GUARD_MAX_CPUS`` (default 4)
 cores, importing specdyn starts the backend while the process is pinned to one
-core, then restores the affinity. Set ``SPECDYN_POOL_GUARD=0`` to skip this.
+core, then restores the affinity. On those machines it also limits the BLAS
+thread pool (OpenBLAS, loaded through scipy, which runs jaxlib's CPU SVD/eigh)
+to one thread: its spinning threads oversubscribe a few busy cores (a 100 × 100
+float64 SVD measured 30 ms instead of 5 ms on a loaded 2-core machine).
+Set ``SPECDYN_POOL_GUARD=0`` to skip both.
 It does nothing once a JAX backend is running, under ``JAX_PLATFORMS`` other
 than cpu, or when a CUDA/ROCm plugin is installed.
 """
@@ -45,4 +49,8 @@ def guard_cpu_pool() -> bool:
         jax.devices()
     finally:
         os.sched_setaffinity(0, cpus)
+    import scipy.linalg  # noqa: F401  (loads the OpenBLAS that jaxlib's LAPACK kernels call)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
     return True

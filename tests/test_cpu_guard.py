@@ -30,3 +30,23 @@ def test_concurrent_batched_linear_algebra_finishes():
     proc = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+BLAS_PROGRAM = textwrap.dedent(
+    """
+    import specdyn, jax.numpy as jnp
+    jnp.linalg.svd(jnp.ones((8, 8)))  # jaxlib's LAPACK kernels run on scipy's OpenBLAS
+    from threadpoolctl import threadpool_info
+    print(max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
+    """
+)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) > 4, reason="the guard acts on <= 4 cores"
+)
+def test_guard_limits_blas_threads():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPECDYN_", "OPENBLAS_", "OMP_"))}
+    proc = subprocess.run([sys.executable, "-c", BLAS_PROGRAM], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"
