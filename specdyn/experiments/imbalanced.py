@@ -33,14 +33,19 @@ def _field(ds, name, default):
     return default if r is None else r
 
 
-def best_learning_rates(ds: xr.Dataset, metric: str = "balanced_accuracy") -> xr.DataArray:
-    """Selection rule: per optimizer (and grid point), the lr index whose final ``metric``
-    averaged over seeds is largest; runs that diverged (diverged_at >= 0) count as −inf,
-    so an lr is chosen only if some seed survived. Returns the lr index (dims: optimizer, grid)."""
-    final = ds[metric].isel(step=-1)
+def best_learning_rates(ds: xr.Dataset, metric: str = "balanced_accuracy", rule: str = "final") -> xr.DataArray:
+    """Selection rule: per optimizer (and grid point), the lr index whose ``metric`` averaged
+    over seeds is largest — at the last recorded step (``rule="final"``), or at its best
+    recorded step (``rule="peak"``: early stopping with an oracle, the fair choice when a
+    finite data set is overfitted late in training). Runs that diverged (diverged_at >= 0)
+    count as −inf, so an lr is chosen only if some seed survived. Returns the lr index
+    (dims: optimizer, grid)."""
+    if rule not in ("final", "peak"):
+        raise ValueError(f"rule must be 'final' or 'peak', got rule={rule!r}")
     ok = ds["diverged_at"] < 0
-    score = final.where(ok).mean("seed", skipna=True).fillna(-np.inf)
-    return score.argmax("lr")
+    mean = ds[metric].where(ok).mean("seed", skipna=True)
+    score = mean.isel(step=-1) if rule == "final" else mean.max("step", skipna=True)
+    return score.fillna(-np.inf).argmax("lr")
 
 
 def _select(ds, da, metric):
@@ -73,11 +78,12 @@ def alpha_closed_forms(ds: xr.Dataset) -> plt.Figure:
     return fig
 
 
-def best_lr_accuracy(ds: xr.Dataset) -> plt.Figure:
-    """Balanced and worst-class accuracy vs step, each optimizer at its best lr (mean ± range over seeds)."""
+def best_lr_accuracy(ds: xr.Dataset, rule: str = "peak") -> plt.Figure:
+    """Balanced and worst-class accuracy vs step, each optimizer at its best lr by
+    :func:`best_learning_rates` on balanced accuracy with ``rule`` (mean ± range over seeds)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, metric in zip(axes, ["balanced_accuracy", "worst_accuracy"], strict=True):
-        best = best_learning_rates(ds, "balanced_accuracy")
+        best = best_learning_rates(ds, "balanced_accuracy", rule)
         for name in ds.optimizer.values:
             da = ds[metric].sel(optimizer=name).isel(lr=int(best.sel(optimizer=name)))
             lr = float(ds.learning_rate.sel(optimizer=name).isel(lr=int(best.sel(optimizer=name))))
@@ -86,7 +92,7 @@ def best_lr_accuracy(ds: xr.Dataset) -> plt.Figure:
             line, = ax.plot(ds.step, m, label=f"{name} (lr={lr:g})")
             if "seed" in da.dims:
                 ax.fill_between(ds.step, da.min("seed"), da.max("seed"), color=line.get_color(), alpha=0.2)
-        ax.set(xscale="symlog", xlabel="step", title=metric.replace("_", " "))
+        ax.set(xscale="symlog", xlabel="step", title=f"{metric.replace('_', ' ')} (lr: {rule} rule)")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig
