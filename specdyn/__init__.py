@@ -10,6 +10,10 @@ from specdyn.diagnostics import nuclear_norm
 from specdyn.diagnostics import nuclear_rank
 from specdyn.diagnostics import principal_angles
 from specdyn.diagnostics import stable_rank
+from specdyn.layerwise import incoming_activations
+from specdyn.layerwise import layerwise_criterion
+from specdyn.layerwise import layerwise_metrics
+from specdyn.layerwise import matrix_paths
 from specdyn.optimizers import OPTIMIZERS
 from specdyn.optimizers import adam
 from specdyn.optimizers import gd
@@ -39,6 +43,10 @@ __all__ = [
     "frobenius_norm",
     "gd",
     "get_optimizer",
+    "incoming_activations",
+    "layerwise_criterion",
+    "layerwise_metrics",
+    "matrix_paths",
     "muon",
     "normalize_frobenius",
     "normalized_gd",

@@ -1,0 +1,607 @@
+"""Network experiments of PAPERS.md §3 (when spectral updates help): three studies.
+
+1. :func:`init_stable_ranks` — stable rank of post-activation matrices at Gaussian
+   init (ReLU, ReLU², tanh, GELU, SwiGLU, and every matrix's input in a
+   transformer block) against width, with the closed-form limit
+   :func:`stable_rank_limit`.
+2. :func:`sparse_regression` — y = x₁x₂x₃ fitted by a bias-free ReLU² network
+   d → 4d → 4d → 4d → 1 with per-layer step n/‖A_{ℓ−1}‖² (GD on every layer, or
+   spectral steps on the middle layers).
+3. :func:`char_lm` — a small causal transformer language model on the Python
+   standard library's source, Muon vs AdamW, logging every block's nr(G) and
+   st(A) with :func:`specdyn.layerwise.layerwise_criterion`.
+
+Each returns an ``xarray.Dataset``; the ``*_figure`` functions take it and return a
+matplotlib Figure. ``python -m specdyn.experiments.networks {activations,sparse,lm}
+[--full] [--out DIR]`` runs one and writes ``<name>.nc`` and ``<name>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import os
+import pathlib
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+import optax
+import xarray as xr
+from scipy import integrate, stats
+
+from specdyn.diagnostics import frobenius_norm, nuclear_rank, stable_rank
+from specdyn.layerwise import incoming_activations, layerwise_criterion, matrix_paths
+from specdyn.optimizers import muon
+from specdyn.problem import require
+from specdyn.transforms import scale_by_polar
+
+__all__ = [
+    "ACTIVATIONS",
+    "CharTransformer",
+    "TransformerBlock",
+    "char_lm",
+    "char_lm_figure",
+    "init_stable_rank_figure",
+    "init_stable_ranks",
+    "main",
+    "python_stdlib_text",
+    "sparse_regression",
+    "sparse_regression_figure",
+    "sparse_regression_loss",
+    "sparse_regression_setup",
+    "stable_rank_limit",
+]
+
+# ---------------------------------------------------------------------------
+# 1. stable rank of post-activations at Gaussian init
+
+_gelu = lambda x: jax.nn.gelu(x, approximate=False)
+
+# name -> (activation of one pre-activation, number of pre-activations it takes)
+ACTIVATIONS = {
+    "relu": (jax.nn.relu, 1),
+    "relu2": (lambda x: jnp.square(jax.nn.relu(x)), 1),
+    "tanh": (jnp.tanh, 1),
+    "gelu": (_gelu, 1),
+    "swiglu": (lambda x, y: jax.nn.silu(x) * y, 2),
+}
+
+_SCALAR = {
+    "relu": lambda g: np.maximum(g, 0.0),
+    "relu2": lambda g: np.maximum(g, 0.0) ** 2,
+    "tanh": np.tanh,
+    "gelu": lambda g: g * stats.norm.cdf(g),
+}
+
+
+def stable_rank_limit(activation: str) -> float:
+    """Large-width limit of st(σ(V X)) for Gaussian V, X: E[σ(g)²] / (E σ(g))², g ~ N(0, 1).
+
+    With V ~ N(0, 1/d) the pre-activations are standard Gaussians, and σ(VX) is its
+    mean μ·11ᵀ (operator norm² μ²·mn) plus a part whose operator norm² is
+    O(mn/width); ‖σ(VX)‖_F² ≈ mn·E σ². So st → E σ²/μ²: π for ReLU, 6 for ReLU²,
+    and ∞ (st grows with width) for odd or zero-mean activations (tanh, SwiGLU).
+    """
+    require(activation in ACTIVATIONS, "activation", activation, f"be one of {sorted(ACTIVATIONS)}")
+    if activation not in _SCALAR:  # SwiGLU: silu(g₁)·g₂ with g₂ independent, mean 0
+        return math.inf
+    f = _SCALAR[activation]
+    pdf = stats.norm.pdf
+    m1 = integrate.quad(lambda g: f(g) * pdf(g), -np.inf, np.inf)[0]
+    m2 = integrate.quad(lambda g: f(g) ** 2 * pdf(g), -np.inf, np.inf)[0]
+    return math.inf if abs(m1) < 1e-12 else m2 / m1**2
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _post_activation_stable_ranks(activations, key, width, samples):
+    """st(σ(V X)) for each activation, V ∈ R^{width×width} ~ N(0, 1/width), X ~ N(0, 1)."""
+    out = []
+    for i, activation in enumerate(activations):
+        fn, arity = ACTIVATIONS[activation]
+        kx, *kv = jax.random.split(jax.random.fold_in(key, i), 1 + arity)
+        x = jax.random.normal(kx, (width, samples))
+        pre = [jax.random.normal(k, (width, width)) / jnp.sqrt(width) @ x for k in kv]
+        out.append(stable_rank(fn(*pre)))
+    return jnp.stack(out)
+
+
+class TransformerBlock(eqx.Module):
+    """Pre-norm causal transformer block: x + Attn(LN x), then + W_out GELU(W_in LN x).
+
+    Takes one sequence (tokens × width); matrices: W_Q, W_K, W_V, W_O (in
+    ``attention``), ``mlp_in`` (4·width × width) and ``mlp_out``; no biases.
+    """
+
+    norm1: eqx.nn.LayerNorm
+    attention: eqx.nn.MultiheadAttention
+    norm2: eqx.nn.LayerNorm
+    mlp_in: eqx.nn.Linear
+    mlp_out: eqx.nn.Linear
+
+    def __init__(self, width: int, heads: int, *, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.norm1 = eqx.nn.LayerNorm(width)
+        self.attention = eqx.nn.MultiheadAttention(heads, width, key=k1)
+        self.norm2 = eqx.nn.LayerNorm(width)
+        self.mlp_in = eqx.nn.Linear(width, 4 * width, use_bias=False, key=k2)
+        self.mlp_out = eqx.nn.Linear(4 * width, width, use_bias=False, key=k3)
+
+    def __call__(self, x):
+        h = jax.vmap(self.norm1)(x)
+        mask = jnp.tril(jnp.ones((x.shape[0], x.shape[0]), bool))
+        x = x + self.attention(h, h, h, mask=mask)
+        h = jax.vmap(self.norm2)(x)
+        return x + jax.vmap(lambda t: self.mlp_out(_gelu(self.mlp_in(t))))(h)
+
+
+def _build(cls, key, **kwargs):
+    """``cls(**kwargs, key=key)`` built in one compiled program (eager initialisation
+    compiles every random op of every layer separately, which is slow on CPU)."""
+    return eqx.filter_jit(lambda k: cls(**kwargs, key=k))(key)
+
+
+def _block_name(path: str) -> str:
+    for key, name in (("query", "W_Q"), ("key_proj", "W_K"), ("value", "W_V"), ("output", "W_O"),
+                      ("mlp_in", "mlp_in"), ("mlp_out", "mlp_out")):
+        if key in path:
+            return name
+    return path
+
+
+_BLOCK_MATRICES = ("W_Q", "W_K", "W_V", "W_O", "mlp_in", "mlp_out")
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _block_stable_ranks(key, width, samples):
+    """st of each matrix's input in a :class:`TransformerBlock` at init (Gaussian tokens)."""
+    kb, kx = jax.random.split(key)
+    blk = TransformerBlock(width, max(1, width // 32), key=kb)
+    x = jax.random.normal(kx, (samples, width))
+    acts = incoming_activations(lambda b, x: jnp.mean(b(x) ** 2), blk, x)
+    by_name = {_block_name(p): a for p, a in acts.items()}
+    return jnp.stack([stable_rank(by_name[name]) for name in _BLOCK_MATRICES])
+
+
+def init_stable_ranks(
+    widths=(64, 128, 256, 512),
+    seeds: int = 3,
+    activations=tuple(ACTIVATIONS),
+    *,
+    sample_ratio: float = 2.0,
+) -> xr.Dataset:
+    """Stable rank of post-activations at Gaussian init against width.
+
+    MLP: A = σ(V X) with V ∈ R^{width×d} ~ N(0, 1/d), X ∈ R^{d×n} ~ N(0, 1), d = width,
+    n = sample_ratio·width (SwiGLU: silu(V₁X) ⊙ V₂X). Transformer block
+    (:class:`TransformerBlock`, equinox default init, width/32 heads) on one sequence
+    of n Gaussian token vectors: st of every matrix's incoming activation.
+
+    Returns a Dataset with ``stable_rank(activation, width, seed)``,
+    ``limit(activation)`` (:func:`stable_rank_limit`) and
+    ``block_stable_rank(matrix, width, seed)``.
+    """
+    require(len(widths) > 0 and all(int(w) >= 8 for w in widths), "widths", widths,
+            "be a non-empty list of integers >= 8")
+    require(int(seeds) >= 1, "seeds", seeds, "be >= 1")
+    for a in activations:
+        require(a in ACTIVATIONS, "activations", activations, f"contain only {sorted(ACTIVATIONS)}")
+    activations = tuple(activations)
+    st = np.zeros((len(activations), len(widths), seeds))
+    names = list(_BLOCK_MATRICES)
+    block = np.zeros((len(names), len(widths), seeds))
+    for j, width in enumerate(widths):
+        n = int(round(sample_ratio * width))
+        for s in range(seeds):
+            key = jax.random.fold_in(jax.random.PRNGKey(s), width)
+            st[:, j, s] = np.asarray(_post_activation_stable_ranks(activations, key, width, n))
+            block[:, j, s] = np.asarray(_block_stable_ranks(jax.random.fold_in(key, 99), width, n))
+    return xr.Dataset(
+        {
+            "stable_rank": (("activation", "width", "seed"), st),
+            "limit": (("activation",), [stable_rank_limit(a) for a in activations]),
+            "block_stable_rank": (("matrix", "width", "seed"), block),
+        },
+        coords={"activation": list(activations), "width": list(widths), "seed": np.arange(seeds),
+                "matrix": names},
+        attrs={"sample_ratio": sample_ratio},
+    )
+
+
+def init_stable_rank_figure(ds: xr.Dataset) -> plt.Figure:
+    """Left: MLP post-activation st vs width (mean ± range over seeds, dashed: limits);
+    right: st of each transformer-block matrix's input vs width."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    w = ds.width.values
+    for k, act in enumerate(ds.activation.values):
+        da = ds.stable_rank.sel(activation=act)
+        line, = axes[0].plot(w, da.mean("seed"), "o-", label=str(act), color=f"C{k}")
+        axes[0].fill_between(w, da.min("seed"), da.max("seed"), alpha=0.2, color=line.get_color())
+        lim = float(ds.limit.sel(activation=act))
+        if np.isfinite(lim):
+            axes[0].axhline(lim, ls="--", lw=0.8, color=line.get_color())
+    for name in ds.matrix.values:
+        axes[1].plot(w, ds.block_stable_rank.sel(matrix=name).mean("seed"), "o-", label=str(name))
+    for ax, title in zip(axes, ["MLP post-activation (dashed: E σ²/(E σ)²)",
+                                "transformer block, input of each matrix"]):
+        ax.set(xscale="log", yscale="log", xlabel="width", ylabel="stable rank st(A)", title=title)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# 2. sparse regression y = x1 x2 x3 with a ReLU² network
+
+
+def _relu2_forward(weights, x):
+    """Outputs and the incoming activations A_0 = X, A_1, ... of each layer."""
+    acts = [x]
+    h = x
+    for w in weights[:-1]:
+        h = jnp.square(jax.nn.relu(w @ h))
+        acts.append(h)
+    return weights[-1] @ h, acts
+
+
+def sparse_regression_setup(dim: int, samples: int, test_samples: int, seed: int):
+    """Training and test sets (x ~ N(0, I_d), y = x₁x₂x₃) and the initial weights of
+    :func:`sparse_regression`: (X, y, X_test, y_test, [W1, W2, W3, W4])."""
+    key = jax.random.PRNGKey(seed)
+    kx, kt, kw = jax.random.split(key, 3)
+    x = jax.random.normal(kx, (dim, samples))
+    xt = jax.random.normal(kt, (dim, test_samples))
+    target = lambda x: x[0] * x[1] * x[2]
+    h = 4 * dim
+    shapes = [(h, dim), (h, h), (h, h), (1, h)]
+    # variance-preserving init: E relu(g)⁴ = 3/2 for g ~ N(0, 1), so layers after the
+    # first get variance 2/(3 fan_in) and every pre-activation (and the output) has variance ≈ 1
+    gains = [1.0, 2 / 3, 2 / 3, 2 / 3]
+    weights0 = [jax.random.normal(k, s) * jnp.sqrt(g / s[1])
+                for k, s, g in zip(jax.random.split(kw, 4), shapes, gains)]
+    return x, target(x), xt, target(xt), weights0
+
+
+def sparse_regression_loss(weights, x, y):
+    """(1/2n)‖f(X) − y‖² for the ReLU² network with weights [W1, ..., W4]."""
+    return 0.5 * jnp.mean(jnp.square(_relu2_forward(weights, x)[0][0] - y))
+
+
+def sparse_regression(
+    *,
+    dim: int = 128,
+    samples: int = 512,
+    steps: int = 300,
+    lr: float = 0.003,
+    test_samples: int = 1024,
+    record_every: int = 10,
+    seed: int = 0,
+) -> xr.Dataset:
+    """y = x₁x₂x₃ (x ~ N(0, I_d)) with a bias-free ReLU² net d → 4d → 4d → 4d → 1.
+
+    Loss (1/2n)‖f(X) − y‖². Each step uses, for layer ℓ with incoming activations
+    A_{ℓ−1} at the *current* weights (recomputed every step, so the scale is not an
+    optax schedule but a per-step factor applied to the transformed gradients):
+
+    * GD layer: W ← W − lr·(n/‖A_{ℓ−1}‖_op²)·G;
+    * spectral layer: W ← W − lr·(n/‖A_{ℓ−1}‖_F²)·‖G‖_*·polar(G)
+      (``scale_by_polar(nuclear_scaling=True)``),
+
+    routed by ``optax.multi_transform``. ``lr`` is a global multiplier on these
+    per-layer steps: the scale n/‖A‖² accounts for a layer's input only, not for the
+    (large, for ReLU²) Jacobian after it, so lr = 1 diverges here; 0.003 trains at
+    d = 16 and d = 128. Rule ``"gd"`` uses GD on every layer,
+    ``"spectral_middle"`` spectral steps on the two middle (4d × 4d) layers.
+    Returns ``loss``, ``test_loss`` (rule, step) and ``nuclear_rank``,
+    ``stable_rank`` (rule, record, layer) of G_ℓ and A_{ℓ−1}.
+    """
+    for name, v in (("dim", dim), ("samples", samples), ("steps", steps),
+                    ("test_samples", test_samples), ("record_every", record_every)):
+        require(isinstance(v, int) and v >= 1, name, v, "be a positive integer")
+    require(dim >= 3, "dim", dim, "be >= 3 (the target uses x1 x2 x3)")
+    require(lr > 0, "lr", lr, "be > 0")
+    x, y, xt, yt, weights0 = sparse_regression_setup(dim, samples, test_samples, seed)
+    loss_fn = sparse_regression_loss
+    rules = {"gd": ["gd"] * 4, "spectral_middle": ["gd", "spectral", "spectral", "gd"]}
+    n_rec = steps // record_every + 1
+
+    out = {}
+    for rule, labels in rules.items():
+        tx = optax.multi_transform(
+            {"gd": optax.identity(), "spectral": scale_by_polar(nuclear_scaling=True)}, labels)
+
+        def run(w0, x, y, xt, yt, tx=tx, labels=labels):
+            # the data are arguments, not closed-over constants (XLA would constant-fold them)
+            def step(carry, _):
+                w, state = carry
+                loss, grads = jax.value_and_grad(loss_fn)(w, x, y)
+                acts = _relu2_forward(w, x)[1]
+                updates, state = tx.update(grads, state, w)
+                scales = [samples / jnp.square(frobenius_norm(a) if lab == "spectral"
+                                               else jnp.linalg.norm(a, ord=2))
+                          for a, lab in zip(acts, labels)]
+                new = [wi - lr * s * u for wi, s, u in zip(w, scales, updates)]
+                return (new, state), (loss, loss_fn(w, xt, yt))
+
+            def chunk(carry, _):
+                w = carry[0]
+                grads = jax.grad(loss_fn)(w, x, y)
+                acts = _relu2_forward(w, x)[1]
+                diag = (jnp.stack([nuclear_rank(g) for g in grads]),
+                        jnp.stack([stable_rank(a) for a in acts]))
+                carry, (loss, test) = jax.lax.scan(step, carry, None, length=record_every)
+                return carry, (loss, test, diag)
+
+            carry, (loss, test, diag) = jax.lax.scan(chunk, (w0, tx.init(w0)), None, length=n_rec)
+            return loss.reshape(-1), test.reshape(-1), diag
+
+        loss, test, (nr, st) = jax.jit(run)(weights0, x, y, xt, yt)
+        out[rule] = (np.asarray(loss)[: steps + 1], np.asarray(test)[: steps + 1],
+                     np.asarray(nr), np.asarray(st))
+    names = list(rules)
+    return xr.Dataset(
+        {
+            "loss": (("rule", "step"), np.stack([out[m][0] for m in names])),
+            "test_loss": (("rule", "step"), np.stack([out[m][1] for m in names])),
+            "nuclear_rank": (("rule", "record", "layer"), np.stack([out[m][2] for m in names])),
+            "stable_rank": (("rule", "record", "layer"), np.stack([out[m][3] for m in names])),
+        },
+        coords={"rule": names, "step": np.arange(min(steps + 1, n_rec * record_every)),
+                "record": np.arange(n_rec) * record_every, "layer": ["W1", "W2", "W3", "W4"]},
+        attrs={"dim": dim, "samples": samples, "lr": lr, "seed": seed,
+               "target_variance": float(jnp.var(yt))},
+    )
+
+
+def sparse_regression_figure(ds: xr.Dataset) -> plt.Figure:
+    """Train and test loss per method; nr(G)/st(A) per layer over training."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for k, m in enumerate(ds.rule.values):
+        axes[0].plot(ds.step, ds.loss.sel(rule=m), color=f"C{k}", label=f"{m} train")
+        axes[0].plot(ds.step, ds.test_loss.sel(rule=m), "--", color=f"C{k}", label=f"{m} test")
+        ratio = ds.nuclear_rank.sel(rule=m) / ds.stable_rank.sel(rule=m)
+        for li, layer in enumerate(ds.layer.values):
+            axes[1].plot(ds.record, ratio.sel(layer=layer), ["-", "--", ":", "-."][li % 4],
+                         color=f"C{k}", label=f"{m} {layer}")
+    axes[0].set(yscale="log", xlabel="step", ylabel="loss", title="y = x1 x2 x3, ReLU² net")
+    axes[1].axhline(1, color="grey", lw=0.5)
+    axes[1].set(yscale="log", xlabel="step", ylabel="nr(G) / st(A)",
+                title="> 1: spectral step favoured")
+    for ax in axes:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# 3. character-level transformer language model, Muon vs AdamW
+
+
+def python_stdlib_text(max_chars: int = 2_000_000) -> str:
+    """The standard library's top-level ``.py`` sources (sorted by name), concatenated,
+    truncated to ``max_chars``: text every Python installation has offline."""
+    root = pathlib.Path(os.path.dirname(os.__file__))
+    parts, total = [], 0
+    for path in sorted(root.glob("*.py")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        parts.append(text)
+        total += len(text)
+        if total >= max_chars:
+            break
+    return "".join(parts)[:max_chars]
+
+
+class CharTransformer(eqx.Module):
+    """Causal byte-level transformer: token + learned position embedding, pre-norm
+    :class:`TransformerBlock` s, final LayerNorm, linear head to 256 logits."""
+
+    embed: eqx.nn.Embedding
+    position: jax.Array  # shape=(seq, width)
+    blocks: list
+    norm: eqx.nn.LayerNorm
+    head: eqx.nn.Linear
+
+    def __init__(self, *, layers: int, width: int, heads: int, seq: int, key, vocab: int = 256):
+        ke, kp, kh, *kb = jax.random.split(key, 3 + layers)
+        self.embed = eqx.nn.Embedding(vocab, width, key=ke)
+        self.position = 0.02 * jax.random.normal(kp, (seq, width))
+        self.blocks = [TransformerBlock(width, heads, key=k) for k in kb]
+        self.norm = eqx.nn.LayerNorm(width)
+        self.head = eqx.nn.Linear(width, vocab, use_bias=False, key=kh)
+
+    def __call__(self, tokens):
+        x = jax.vmap(self.embed)(tokens) + self.position[: tokens.shape[0]]
+        for block in self.blocks:
+            x = block(x)
+        return jax.vmap(lambda t: self.head(self.norm(t)))(x)
+
+
+def _lm_loss(model, batch):
+    logits = jax.vmap(model)(batch[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
+
+
+def _lm_label(path: str) -> str:
+    """Readable name of a matrix of :class:`CharTransformer` from its keystr path."""
+    if ".blocks[" in path:
+        layer = path.split(".blocks[")[1].split("]")[0]
+        return f"L{layer}.{_block_name(path)}"
+    return {".embed.weight": "embedding", ".head.weight": "head", ".position": "position"}.get(
+        path, path)
+
+
+_LM_SIZES = {
+    "smoke": dict(layers=1, width=32, heads=2, seq=32, batch=8, steps=10, log_every=5,
+                  max_chars=50_000),
+    "medium": dict(layers=2, width=128, heads=4, seq=64, batch=16, steps=300, log_every=50,
+                   max_chars=1_000_000),
+    "full": dict(layers=4, width=256, heads=8, seq=256, batch=64, steps=3000, log_every=100,
+                 max_chars=5_000_000),
+}
+
+
+def char_lm(
+    size: str = "smoke",
+    *,
+    muon_lr: float = 0.02,
+    adam_lr: float = 3e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    **overrides,
+) -> xr.Dataset:
+    """Train :class:`CharTransformer` on :func:`python_stdlib_text` with Muon and AdamW.
+
+    ``size`` is "smoke" (CPU, seconds), "medium" (CPU, minutes) or "full" (GPU);
+    ``overrides`` replace its entries (layers, width, heads, seq, batch, steps,
+    log_every, max_chars). "muon": ``sd.muon(muon_lr)`` on the blocks' matrices
+    (W_Q, W_K, W_V, W_O, mlp_in, mlp_out), AdamW(adam_lr) on embedding, positions,
+    head and LayerNorm gains (the usual split); "adamw": AdamW(adam_lr) on all.
+    Both see the same batches (random windows of the first 90% of the text; the
+    last 10% is validation). Every ``log_every`` steps, :func:`layerwise_criterion`
+    on the current batch gives nr(G) and st(A) of every matrix.
+
+    Returns ``loss(optimizer, step)``, ``val_loss(optimizer, log_step)`` and
+    ``nuclear_rank``, ``stable_rank``, ``ratio`` (optimizer, log_step, matrix).
+    """
+    require(size in _LM_SIZES, "size", size, f"be one of {sorted(_LM_SIZES)}")
+    cfg = dict(_LM_SIZES[size])
+    for k, v in overrides.items():
+        require(k in cfg, k, v, f"be a known size entry ({sorted(cfg)})")
+        require(isinstance(v, int) and v >= 1, k, v, "be a positive integer")
+        cfg[k] = v
+    require(cfg["width"] % cfg["heads"] == 0, "width", cfg["width"], "be divisible by heads")
+    data = np.frombuffer(python_stdlib_text(cfg["max_chars"]).encode("utf-8"), np.uint8)
+    data = data.astype(np.int32)
+    split = int(0.9 * len(data))
+    train, val = data[:split], data[split:]
+    seq, batch = cfg["seq"], cfg["batch"]
+
+    def windows(rng, source, count):  # drawn on the host: no per-shape compilation
+        start = rng.integers(0, source.shape[0] - seq - 1, size=count)
+        return source[start[:, None] + np.arange(seq + 1)]
+
+    val_batch = windows(np.random.default_rng([seed, 0]), val, 4 * batch)
+    model0 = _build(CharTransformer, jax.random.PRNGKey(seed), layers=cfg["layers"],
+                    width=cfg["width"], heads=cfg["heads"], seq=seq)
+    params0 = eqx.filter(model0, eqx.is_inexact_array)
+    paths = matrix_paths(params0)
+
+    def labels(params):
+        def one(path, leaf):
+            p = jax.tree_util.keystr(path)
+            return "muon" if ".blocks[" in p and leaf.ndim == 2 else "adam"
+        return jax.tree_util.tree_map_with_path(one, params)
+
+    optimizers = {
+        "muon": optax.partition({"muon": muon(muon_lr, weight_decay=weight_decay),
+                                 "adam": optax.adamw(adam_lr, weight_decay=weight_decay)},
+                                labels),
+        "adamw": optax.adamw(adam_lr, weight_decay=weight_decay),
+    }
+
+    @eqx.filter_jit
+    def criterion(model, batch):
+        crit = layerwise_criterion(_lm_loss, model, batch)
+        return {k: jnp.stack([crit[p][k] for p in paths]) for k in ("nuclear_rank", "stable_rank")}
+
+    eval_loss = eqx.filter_jit(_lm_loss)
+    logs = list(range(0, cfg["steps"], cfg["log_every"])) + [cfg["steps"]]
+    results = {}
+    for name, tx in optimizers.items():
+
+        @eqx.filter_jit
+        def train_step(model, state, batch, tx=tx):
+            loss, grads = eqx.filter_value_and_grad(_lm_loss)(model, batch)
+            updates, state = tx.update(grads, state, eqx.filter(model, eqx.is_inexact_array))
+            return eqx.apply_updates(model, updates), state, loss
+
+        model, state = model0, jax.jit(tx.init)(params0)
+        rng = np.random.default_rng([seed, 1])  # the same batches for every optimizer
+        losses, vals, nrs, sts = [], [], [], []
+        for t in range(cfg["steps"] + 1):
+            b = windows(rng, train, batch)
+            if t in logs:
+                c = criterion(model, b)
+                nrs.append(np.asarray(c["nuclear_rank"]))
+                sts.append(np.asarray(c["stable_rank"]))
+                vals.append(float(eval_loss(model, val_batch)))
+            if t < cfg["steps"]:
+                model, state, loss = train_step(model, state, b)
+                losses.append(loss)
+        results[name] = (np.asarray(jnp.stack(losses)), vals, np.stack(nrs), np.stack(sts))
+    names = list(optimizers)
+    nr = np.stack([results[n][2] for n in names])
+    st = np.stack([results[n][3] for n in names])
+    return xr.Dataset(
+        {
+            "loss": (("optimizer", "step"), np.array([results[n][0] for n in names])),
+            "val_loss": (("optimizer", "log_step"), np.array([results[n][1] for n in names])),
+            "nuclear_rank": (("optimizer", "log_step", "matrix"), nr),
+            "stable_rank": (("optimizer", "log_step", "matrix"), st),
+            "ratio": (("optimizer", "log_step", "matrix"), nr / st),
+        },
+        coords={"optimizer": names, "step": np.arange(cfg["steps"]), "log_step": logs,
+                "matrix": [_lm_label(p) for p in paths]},
+        attrs={**{k: v for k, v in cfg.items()}, "size": size, "muon_lr": muon_lr,
+               "adam_lr": adam_lr, "weight_decay": weight_decay, "seed": seed},
+    )
+
+
+def char_lm_figure(ds: xr.Dataset) -> plt.Figure:
+    """Loss per optimizer; nr(G) and st(A) of every matrix over training (per optimizer)."""
+    opts = list(ds.optimizer.values)
+    fig, axes = plt.subplots(1, 1 + len(opts), figsize=(4.5 * (1 + len(opts)), 3.8))
+    for k, o in enumerate(opts):
+        axes[0].plot(ds.step, ds.loss.sel(optimizer=o), color=f"C{k}", alpha=0.5, label=f"{o} train")
+        axes[0].plot(ds.log_step, ds.val_loss.sel(optimizer=o), "o-", color=f"C{k}", label=f"{o} val")
+    axes[0].set(xlabel="step", ylabel="cross-entropy (nats/byte)", title="loss")
+    axes[0].legend(fontsize=7)
+    for ax, o in zip(axes[1:], opts):
+        for k, m in enumerate(ds.matrix.values):
+            sel = ds.sel(optimizer=o, matrix=m)
+            color = plt.get_cmap("tab20")(k % 20)
+            ax.plot(ds.log_step, sel.nuclear_rank, "-", color=color, label=f"{m}")
+            ax.plot(ds.log_step, sel.stable_rank, ":", color=color)
+        ax.set(yscale="log", xlabel="step", title=f"{o}: nr(G) solid, st(A) dotted")
+        ax.legend(fontsize=5, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    """``python -m specdyn.experiments.networks {activations,sparse,lm} [--full] [--out DIR]``."""
+    parser = argparse.ArgumentParser(prog="python -m specdyn.experiments.networks",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("experiment", choices=["activations", "sparse", "lm"])
+    parser.add_argument("--full", action="store_true", help="paper size (GPU for lm)")
+    parser.add_argument("--medium", action="store_true", help="lm only: CPU-sized run")
+    parser.add_argument("--out", default="out/networks", help="output folder")
+    parser.add_argument("--steps", type=int, default=None, help="sparse, lm: number of steps")
+    args = parser.parse_args(argv)
+    steps = {} if args.steps is None else {"steps": args.steps}
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.experiment == "activations":
+        widths = (64, 128, 256, 512, 1024) if args.full else (32, 64, 128)
+        ds, fig = init_stable_ranks(widths), init_stable_rank_figure
+    elif args.experiment == "sparse":
+        kw = dict(dim=128, samples=512, steps=1000) if args.full else dict(dim=16, samples=64,
+                                                                            steps=200)
+        ds, fig = sparse_regression(**{**kw, **steps}), sparse_regression_figure
+    else:
+        size = "full" if args.full else "medium" if args.medium else "smoke"
+        ds, fig = char_lm(size, **steps), char_lm_figure
+    ds.to_netcdf(out / f"{args.experiment}.nc")
+    fig(ds).savefig(out / f"{args.experiment}.png", dpi=120)
+    print(f"wrote {out / args.experiment}.nc and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""Network experiments (PAPERS.md §3) at smoke size, against closed forms and numpy."""
+
+import math
+
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from scipy import special
+
+from specdyn.experiments import networks as nw
+
+
+def np_stable_rank(a):
+    s = np.linalg.svd(np.asarray(a, np.float64), compute_uv=False)
+    return np.sum(s**2) / s[0] ** 2
+
+
+def test_stable_rank_limit_closed_forms_and_monte_carlo():
+    assert nw.stable_rank_limit("relu") == pytest.approx(math.pi, rel=1e-7)
+    assert nw.stable_rank_limit("relu2") == pytest.approx(6.0, rel=1e-7)
+    assert math.isinf(nw.stable_rank_limit("tanh")) and math.isinf(nw.stable_rank_limit("swiglu"))
+    g = np.random.default_rng(0).standard_normal(2_000_000)
+    gelu = g * 0.5 * (1 + special.erf(g / math.sqrt(2)))
+    assert nw.stable_rank_limit("gelu") == pytest.approx(np.mean(gelu**2) / np.mean(gelu) ** 2,
+                                                         rel=0.02)
+    with pytest.raises(ValueError, match="activation"):
+        nw.stable_rank_limit("sigmoid")
+
+
+def test_post_activation_stable_rank_approaches_limit():
+    # numpy Monte Carlo of σ(V X), V ~ N(0, 1/d), X ~ N(0, 1): st → E σ²/(E σ)² (PAPERS.md: π, 6)
+    rng = np.random.default_rng(1)
+    errors = {"relu": [], "relu2": []}
+    for width in (64, 384):
+        v = rng.standard_normal((width, width)) / np.sqrt(width)
+        relu = np.maximum(v @ rng.standard_normal((width, 2 * width)), 0)
+        for act, a in (("relu", relu), ("relu2", relu**2)):
+            errors[act].append(abs(np_stable_rank(a) / nw.stable_rank_limit(act) - 1))
+    for act, (small, large) in errors.items():
+        assert large < 0.08, act  # within 8% at width 384
+        assert large < small, act  # and closer than at width 64
+
+
+@pytest.fixture(scope="module")
+def init_ds():
+    return nw.init_stable_ranks(widths=(16, 64), seeds=1)
+
+
+def test_init_stable_ranks(init_ds):
+    ds = init_ds
+    assert ds.stable_rank.dims == ("activation", "width", "seed")
+    st = ds.stable_rank.isel(seed=0)
+    for act in ("relu", "relu2", "gelu"):  # bounded: within 30% of the limit already at width 64
+        assert float(st.sel(activation=act, width=64)) == pytest.approx(
+            float(ds.limit.sel(activation=act)), rel=0.3)
+    for act in ("tanh", "swiglu"):  # zero-mean: no spike, st grows with width
+        assert float(st.sel(activation=act, width=64)) > 2 * float(st.sel(activation=act, width=16))
+    blk = ds.block_stable_rank.isel(seed=0, width=-1)
+    # the GELU output entering mlp_out has low stable rank; LayerNorm of Gaussian tokens does not
+    assert float(blk.sel(matrix="mlp_out")) < 10 < float(blk.sel(matrix="W_Q"))
+    fig = nw.init_stable_rank_figure(ds)
+    assert isinstance(fig, plt.Figure)
+    plt.close(fig)
+
+
+def test_init_stable_ranks_validation():
+    with pytest.raises(ValueError, match="activations"):
+        nw.init_stable_ranks(widths=(16,), activations=("relu", "swish"))
+    with pytest.raises(ValueError, match="widths"):
+        nw.init_stable_ranks(widths=())
+
+
+@pytest.fixture(scope="module")
+def sparse_ds():
+    with jax.enable_x64(True):  # float64: the one-step check below is exact to rounding
+        return nw.sparse_regression(dim=16, samples=64, steps=40, record_every=10, lr=0.003)
+
+
+def test_sparse_regression_first_step_matches_hand_computed_rule(sparse_ds):
+    # one step of each rule computed with numpy SVD and norms, from the same init (float64)
+    with jax.enable_x64(True):
+        x, y, _, _, w0 = nw.sparse_regression_setup(16, 64, 1024, 0)
+        grads = jax.grad(nw.sparse_regression_loss)(w0, x, y)
+        acts = [np.asarray(x)]
+        for w in w0[:-1]:
+            acts.append(np.maximum(np.asarray(w) @ acts[-1], 0) ** 2)
+        n, lr = 64, 0.003
+        for rule, spectral in (("gd", ()), ("spectral_middle", (1, 2))):
+            new = []
+            for i, (w, g, a) in enumerate(zip(w0, grads, acts)):
+                g = np.asarray(g)
+                if i in spectral:  # W − lr·(n/‖A‖_F²)·‖G‖_*·U Vᵀ
+                    u, s, vt = np.linalg.svd(g, full_matrices=False)
+                    step = n / np.sum(a**2) * np.sum(s) * (u @ vt)
+                else:  # W − lr·(n/‖A‖_op²)·G
+                    step = n / np.linalg.norm(a, 2) ** 2 * g
+                new.append(np.asarray(w) - lr * step)
+            loss1 = float(nw.sparse_regression_loss([jax.numpy.asarray(w) for w in new], x, y))
+            assert float(sparse_ds.loss.sel(rule=rule, step=1)) == pytest.approx(loss1, rel=1e-8)
+
+
+def test_sparse_regression_trains_and_logs(sparse_ds):
+    ds = sparse_ds
+    assert ds.loss.shape == (2, 41) and ds.nuclear_rank.shape == (2, 5, 4)
+    assert np.all(np.isfinite(ds.loss.values))
+    for m in ds.rule.values:  # both rules decrease the training loss
+        assert float(ds.loss.sel(rule=m).isel(step=-1)) < 0.5 * float(ds.loss.sel(rule=m, step=0))
+    # same init: identical diagnostics at step 0; A_0 = X is fixed, so st(A_0) never changes
+    np.testing.assert_allclose(ds.nuclear_rank.isel(rule=0, record=0),
+                               ds.nuclear_rank.isel(rule=1, record=0), rtol=1e-6)
+    with jax.enable_x64(True):
+        x = np.asarray(nw.sparse_regression_setup(16, 64, 1024, 0)[0])
+    np.testing.assert_allclose(ds.stable_rank.sel(layer="W1"), np_stable_rank(x), rtol=1e-8)
+    fig = nw.sparse_regression_figure(ds)
+    assert isinstance(fig, plt.Figure)
+    plt.close(fig)
+
+
+def test_char_lm_smoke():
+    ds = nw.char_lm("smoke", steps=4, log_every=2)
+    assert list(ds.optimizer.values) == ["muon", "adamw"]
+    names = list(ds.matrix.values)
+    for m in ("embedding", "position", "head", "L0.W_Q", "L0.W_K", "L0.W_V", "L0.W_O",
+              "L0.mlp_in", "L0.mlp_out"):
+        assert m in names
+    assert np.all(np.isfinite(ds.loss.values))
+    # same init and batches: equal validation loss and diagnostics before the first step
+    np.testing.assert_allclose(ds.val_loss.isel(optimizer=0, log_step=0),
+                               ds.val_loss.isel(optimizer=1, log_step=0), rtol=1e-6)
+    assert np.all(ds.loss.isel(step=-1) < ds.loss.isel(step=0))
+    assert np.all(ds.nuclear_rank.values >= 1 - 1e-4)
+    st = ds.stable_rank.sel(matrix=[n for n in names if n.startswith("L0") or n == "head"])
+    assert np.all(np.isfinite(st.values)) and np.all(st.values >= 1 - 1e-4)
+    assert np.all(np.isnan(ds.stable_rank.sel(matrix=["embedding", "position"]).values))
+    fig = nw.char_lm_figure(ds)
+    assert isinstance(fig, plt.Figure)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="size"):
+        nw.char_lm("huge")
+    with pytest.raises(ValueError, match="width"):
+        nw.char_lm("smoke", width=30, heads=4)
+
+
+def test_python_stdlib_text_is_deterministic():
+    a, b = nw.python_stdlib_text(10_000), nw.python_stdlib_text(10_000)
+    assert a == b and len(a) == 10_000
