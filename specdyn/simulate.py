@@ -14,6 +14,8 @@ diverging run never mixes into averages and never crashes a sweep.
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any, NamedTuple
 
 import jax
@@ -113,10 +115,16 @@ def check_run_lengths(steps, record_every) -> None:
 
 def _simulate(problem, key, data, params, *, optimizer, steps, record_every):
     state, data = init_run(problem, optimizer, key, data, params)
-    slots = len(record_steps(steps, record_every))
-    state, records = advance(
-        problem, optimizer, state, data, records=slots, record_every=record_every, total_steps=steps
-    )
+    # Full slots of (record, record_every steps), then the last record followed by the
+    # remaining steps (none when record_every divides steps): no padded steps are computed.
+    full, rest = divmod(steps, record_every)
+    run = functools.partial(advance, problem, optimizer, total_steps=steps)
+    state, records = run(state, data, records=full, record_every=record_every)
+    if rest:
+        state, last = run(state, data, records=1, record_every=rest)
+    else:
+        last = jax.tree.map(lambda x: x[None], _record(problem, state, data))
+    records = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), records, last)
     return state, records
 
 
