@@ -162,12 +162,9 @@ def _run(jaxpr, consts, args, arg_tags, found):
     return [read(v) for v in jaxpr.outvars]
 
 
-def incoming_activations(loss_fn: Callable[..., Any], params, *args, **kwargs) -> dict[str, jax.Array]:
-    """Incoming activation A (features × samples) of every matrix of ``params``.
-
-    ``loss_fn(params, *args, **kwargs)`` is traced once; a matrix not multiplied by
-    a ``dot_general`` (see the module docstring) is absent from the result.
-    """
+def _flat_loss(loss_fn, params, args, kwargs):
+    """The loss as a function of (parameter arrays, argument arrays), those arrays, and
+    the key paths of the parameter arrays (non-array leaves are held fixed)."""
     p_arrays, p_rebuild = _split(params)
     a_arrays, a_rebuild = _split((args, kwargs))
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
@@ -176,6 +173,17 @@ def incoming_activations(loss_fn: Callable[..., Any], params, *args, **kwargs) -
     def flat_loss(p, a):
         fargs, fkwargs = a_rebuild(a)
         return loss_fn(p_rebuild(p), *fargs, **fkwargs)
+
+    return flat_loss, p_arrays, a_arrays, paths
+
+
+def incoming_activations(loss_fn: Callable[..., Any], params, *args, **kwargs) -> dict[str, jax.Array]:
+    """Incoming activation A (features × samples) of every matrix of ``params``.
+
+    ``loss_fn(params, *args, **kwargs)`` is traced once; a matrix not multiplied by
+    a ``dot_general`` (see the module docstring) is absent from the result.
+    """
+    flat_loss, p_arrays, a_arrays, paths = _flat_loss(loss_fn, params, args, kwargs)
 
     return jax.jit(lambda p, a: _activations(flat_loss, p, a, paths))(p_arrays, a_arrays)
 
@@ -214,14 +222,7 @@ def layerwise_criterion(loss_fn: Callable[..., Any], params, *args, **kwargs) ->
     Under a transformation, pass ``params`` as you would to ``jax.grad``: an
     equinox module holding non-array fields goes through ``eqx.filter_jit``.
     """
-    p_arrays, p_rebuild = _split(params)
-    a_arrays, a_rebuild = _split((args, kwargs))
-    flat, _ = jax.tree_util.tree_flatten_with_path(params)
-    paths = [jax.tree_util.keystr(p) for p, leaf in flat if _is_float_array(leaf)]
-
-    def flat_loss(p, a):
-        fargs, fkwargs = a_rebuild(a)
-        return loss_fn(p_rebuild(p), *fargs, **fkwargs)
+    flat_loss, p_arrays, a_arrays, paths = _flat_loss(loss_fn, params, args, kwargs)
 
     @jax.jit  # one program (inlined when called under an outer jit)
     def compute(p, a):
