@@ -15,7 +15,6 @@ diverging run never mixes into averages and never crashes a sweep.
 from __future__ import annotations
 
 import functools
-
 from typing import Any, NamedTuple
 
 import jax
