@@ -146,8 +146,10 @@ def restarts(problem: RandomFeatures, *, seed: int = 0, steps: int = 1000, every
             w = out["params"]
         starts.append(w)
         gd_losses.append(np.asarray([float(problem.loss(w, data))]))
-        spec = [np.asarray(simulate(problem, rules["specgd"], key=key, steps=horizon, data=data,
-                                    params=w0)["loss"]) for w0 in starts]
+        # every restart at once: one vmapped run over the stacked starting points
+        spec = jax.vmap(lambda w0: simulate(problem, rules["specgd"], key=key, steps=horizon,
+                                            data=data, params=w0)["loss"])(
+            jax.tree.map(lambda *a: jnp.stack(a), *starts))
     gd_loss = np.concatenate(gd_losses)
     restart = np.arange(0, steps + 1, every)
     offset = np.arange(horizon + 1)
@@ -155,7 +157,7 @@ def restarts(problem: RandomFeatures, *, seed: int = 0, steps: int = 1000, every
     gd_at = np.where(at <= steps, gd_loss[np.minimum(at, steps)], np.nan)
     return xr.Dataset(
         {"gd_loss": ("step", gd_loss),
-         "specgd_loss": (("restart", "offset"), np.stack(spec)),
+         "specgd_loss": (("restart", "offset"), np.asarray(spec)),
          "gd_loss_at": (("restart", "offset"), gd_at)},
         coords={"step": np.arange(steps + 1), "restart": restart, "offset": offset},
         attrs={"seed": seed, "every": every, "horizon": horizon, **_fields(problem)},
