@@ -195,10 +195,12 @@ def init_stable_ranks(
     block = np.zeros((len(names), len(widths), seeds))
     for j, width in enumerate(widths):
         n = int(round(sample_ratio * width))
-        for s in range(seeds):
-            key = jax.random.fold_in(jax.random.PRNGKey(s), width)
-            st[:, j, s] = np.asarray(_post_activation_stable_ranks(activations, key, width, n))
-            block[:, j, s] = np.asarray(_block_stable_ranks(jax.random.fold_in(key, 99), width, n))
+        keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), width) for s in range(seeds)])
+        # all seeds of a width in one vmapped call
+        st[:, j, :] = np.asarray(jax.vmap(
+            lambda k, n=n, width=width: _post_activation_stable_ranks(activations, k, width, n))(keys)).T
+        block[:, j, :] = np.asarray(jax.vmap(
+            lambda k, n=n, width=width: _block_stable_ranks(jax.random.fold_in(k, 99), width, n))(keys)).T
     return xr.Dataset(
         {
             "stable_rank": (("activation", "width", "seed"), st),
