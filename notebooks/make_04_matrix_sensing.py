@@ -11,6 +11,7 @@ cells = [
              "import specdyn as sd\n"
              "from specdyn.problems.matrix_sensing import MatrixSensing\n"
              "from specdyn.experiments import matrix_sensing as ex\n"
+             "from specdyn.results import log_log_slope\n"
              "jax.config.update('jax_enable_x64', True)\n"
              "n, r, k, m = (30, 3, 10, 2000) if FULL else (8, 2, 4, 200)\n"
              "base = MatrixSensing(dim=n, rank=r, width=k, measurements=m, condition=1.5, init_scale=1e-6)"),
@@ -25,7 +26,7 @@ cells = [
              "ds_a = sd.sweep(p, optimizers=['gd'], learning_rates=[0.2], seeds=3 if FULL else 1,\n"
              "                steps=3000 if FULL else 600, record_every=50, grid={'init_scale': alphas}, progress=False)\n"
              "final = ds_a['test_error'].isel(step=-1).mean('seed').squeeze()\n"
-             "print('fitted slope of log error vs log alpha:', round(ex.fit_slope(alphas, final.values), 3))\n"
+             "print('fitted slope of log error vs log alpha:', round(log_log_slope(alphas, final.values), 3))\n"
              "ex.error_vs_init_scale(ds_a); plt.show()"),
     ("md", "## Final test error against the width k, from r to n (α = 1e-3)"),
     ("code", "widths = [r, 2 * r, k, 2 * k, n] if FULL else [r, n]\n"

@@ -24,6 +24,7 @@ import xarray as xr
 __all__ = [
     "CellStore",
     "best_learning_rate",
+    "log_log_slope",
     "coordinate_values",
     "load",
     "mean_over_seeds",
@@ -130,6 +131,15 @@ def load(path) -> xr.Dataset:
         raise ValueError(f"no results file at path={str(path)!r}")
     with xr.open_dataset(path, engine="scipy") as ds:
         return ds.load()
+
+
+def log_log_slope(x, y) -> float:
+    """Least-squares slope of log y against log x over the finite positive points (NaN if < 2)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    if ok.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])
 
 
 def converged_runs(ds: xr.Dataset) -> xr.DataArray:

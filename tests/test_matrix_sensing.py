@@ -13,6 +13,7 @@ import scipy.linalg
 import specdyn as sd
 from specdyn.experiments import matrix_sensing as ex
 from specdyn.problems.matrix_sensing import MAX_OPERATOR_ENTRIES, MatrixSensing
+from specdyn.results import log_log_slope
 
 SMALL = dict(dim=6, rank=2, width=3, measurements=40)
 
@@ -149,7 +150,7 @@ def test_spectral_phase_alignment_and_error_shrinks_with_init_scale():
                     assert float(r["sigma_min_signal"][i1]) < 0.1 / 1.5
                 assert float(r["angle"][i1:].max()) <= 0.25 + 1e-9
             finals = ds["test_error"].isel(step=-1).values
-            slopes[op] = ex.fit_slope(alphas, finals)
+            slopes[op] = log_log_slope(alphas, finals)
             assert np.all(finals < 0.05), finals
         assert abs(slopes["population"] - 2.0) < 0.15, slopes
         assert 0.8 < slopes["gaussian"] < 2.2, slopes

@@ -29,11 +29,11 @@ import numpy as np
 import xarray as xr
 
 from specdyn.problems.matrix_sensing import MatrixSensing
+from specdyn.results import log_log_slope
 
 __all__ = [
     "error_vs_init_scale",
     "error_vs_width",
-    "fit_slope",
     "methods",
     "phase_ends",
     "phases",
@@ -123,15 +123,6 @@ def problem_from_dataset(ds, **grid_values) -> MatrixSensing:
     return MatrixSensing(**fields)
 
 
-def fit_slope(x, y):
-    """Least-squares slope of log y against log x over finite positive points (NaN if < 2)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    if ok.sum() < 2:
-        return float("nan")
-    return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])
-
-
 def _reduce_rest(da, keep):
     """Mean over seeds (diverged runs are NaN and skipped); other unkept dims at index 0."""
     for d in list(da.dims):
@@ -199,7 +190,7 @@ def error_vs_init_scale(ds: xr.Dataset) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6, 4))
     for opt in final["optimizer"].values:
         y = final.sel(optimizer=opt).values
-        ax.loglog(alpha, y, "o-", label=f"{opt} (slope {fit_slope(alpha, y):.2f})")
+        ax.loglog(alpha, y, "o-", label=f"{opt} (slope {log_log_slope(alpha, y):.2f})")
     ax.set(xlabel=r"init scale $\alpha$", ylabel=r"final $\|UU^T-XX^T\|_F/\|XX^T\|_F$",
            title="test error vs initialization scale")
     ax.legend()

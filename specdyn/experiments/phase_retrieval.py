@@ -7,6 +7,8 @@ import os
 import numpy as np
 import xarray as xr
 
+from specdyn.results import log_log_slope
+
 
 def _first_above(x, threshold, steps):
     x = np.asarray(x)
@@ -132,11 +134,8 @@ def escape_time_vs_dim(ds, threshold=0.5):
     for opt in et["optimizer"].values:
         y = et.sel(optimizer=opt).values
         x = et["dim"].values.astype(float)
-        ok = np.isfinite(y) & (y > 0)
-        label = str(opt)
-        if ok.sum() >= 2:
-            slope = np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0]
-            label += f" (slope {slope:.2f})"
+        slope = log_log_slope(x, y)
+        label = str(opt) + ("" if np.isnan(slope) else f" (slope {slope:.2f})")
         ax.loglog(x, y, "o-", label=label)
     ax.set_xlabel("dimension d")
     ax.set_ylabel(f"escape step (alignment > {threshold})")

@@ -40,6 +40,7 @@ from specdyn.problems.random_features import (
     gd_learning_rate,
     spectral_learning_rate,
 )
+from specdyn.results import log_log_slope
 from specdyn.simulate import simulate
 
 __all__ = [
@@ -201,8 +202,7 @@ def _growth_point(prob: RandomFeatures, seed):
 
 def growth_slope(ds: xr.Dataset, var: str = "nr_one_step") -> float:
     """Least-squares slope of log(seed-mean ``var``) against log k."""
-    y = np.log(ds[var].mean("seed").values)
-    return float(np.polyfit(np.log(ds.k.values.astype(float)), y, 1)[0])
+    return log_log_slope(ds.k.values, ds[var].mean("seed").values)
 
 
 # ---- figures ----------------------------------------------------------------------------
