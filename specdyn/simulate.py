@@ -3,9 +3,13 @@
 :func:`simulate` runs one problem with one optimizer. It is built from two pure
 pieces that :mod:`specdyn.sweep` vmaps and shards:
 
-* :func:`init_run` — parameters, optimizer state and data from a key;
+* :func:`sample_run` — initial parameters and data from a key (no optimizer
+  involved), and :func:`start_run` — the optimizer's state at step 0
+  (:func:`init_run` is both);
 * :func:`advance` — ``records`` record slots, each "record the metrics of the
-  current parameters, then take ``record_every`` steps", as one ``lax.scan``.
+  current parameters, then take ``record_every`` steps", as one ``lax.scan``;
+* :func:`finish` — the last record and the steps left over after the last
+  full slot.
 
 A step whose loss is not finite marks the run diverged (``diverged_at`` = that
 step); from then on the run stops updating and its records are NaN, so a
@@ -14,7 +18,6 @@ diverging run never mixes into averages and never crashes a sweep.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -24,7 +27,7 @@ import optax
 
 from specdyn.problem import is_problem
 
-__all__ = ["RunState", "advance", "init_run", "record_steps", "simulate"]
+__all__ = ["RunState", "advance", "finish", "init_run", "record_steps", "sample_run", "simulate", "start_run"]
 
 
 class RunState(NamedTuple):
@@ -36,24 +39,36 @@ class RunState(NamedTuple):
     diverged_at: jax.Array  # shape=(), int32: first step with a non-finite loss, -1 if none
 
 
-def init_run(problem, optimizer: optax.GradientTransformation, key, data=None, params=None):
-    """Initial :class:`RunState` and the data set of one run.
+def sample_run(problem, key, data=None, params=None):
+    """Initial parameters and the data set of one run: ``(params, data)``.
 
     The key is split into (init key, data key); ``data`` given explicitly replaces
-    ``problem.sample`` and ``params`` replaces ``problem.init``.
+    ``problem.sample`` and ``params`` replaces ``problem.init``. Nothing here
+    depends on the optimizer, so a sweep draws them once for all its optimizers
+    and learning rates.
     """
     init_key, data_key = jax.random.split(key)
     if data is None:
         data = problem.sample(data_key)
     if params is None:
         params = problem.init(init_key)
-    state = RunState(
+    return params, data
+
+
+def start_run(optimizer: optax.GradientTransformation, params) -> RunState:
+    """The :class:`RunState` of a run at step 0 from its initial parameters."""
+    return RunState(
         params=params,
         opt_state=optimizer.init(params),
         step=jnp.zeros((), jnp.int32),
         diverged_at=jnp.full((), -1, jnp.int32),
     )
-    return state, data
+
+
+def init_run(problem, optimizer: optax.GradientTransformation, key, data=None, params=None):
+    """Initial :class:`RunState` and the data set of one run (see :func:`sample_run`)."""
+    params, data = sample_run(problem, key, data, params)
+    return start_run(optimizer, params), data
 
 
 def _record(problem, state: RunState, data) -> dict:
@@ -112,17 +127,25 @@ def check_run_lengths(steps, record_every) -> None:
             raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
 
 
+def finish(problem, optimizer, state: RunState, data, *, steps: int, record_every: int):
+    """The last record of a run, then its remaining ``steps % record_every`` steps.
+
+    A run of ``steps`` steps is ``steps // record_every`` slots of :func:`advance`
+    followed by this: no padded steps are computed. Returns the final state and
+    the last record (a dict of arrays with a leading axis of length 1).
+    """
+    rest = steps % record_every
+    if rest:
+        return advance(problem, optimizer, state, data, records=1, record_every=rest, total_steps=steps)
+    return state, jax.tree.map(lambda x: x[None], _record(problem, state, data))
+
+
 def _simulate(problem, key, data, params, *, optimizer, steps, record_every):
     state, data = init_run(problem, optimizer, key, data, params)
-    # Full slots of (record, record_every steps), then the last record followed by the
-    # remaining steps (none when record_every divides steps): no padded steps are computed.
-    full, rest = divmod(steps, record_every)
-    run = functools.partial(advance, problem, optimizer, total_steps=steps)
-    state, records = run(state, data, records=full, record_every=record_every)
-    if rest:
-        state, last = run(state, data, records=1, record_every=rest)
-    else:
-        last = jax.tree.map(lambda x: x[None], _record(problem, state, data))
+    state, records = advance(
+        problem, optimizer, state, data, records=steps // record_every, record_every=record_every, total_steps=steps
+    )
+    state, last = finish(problem, optimizer, state, data, steps=steps, record_every=record_every)
     records = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), records, last)
     return state, records
 
@@ -152,8 +175,7 @@ def simulate(problem, optimizer, *, key, steps: int, record_every: int = 1, data
         raise ValueError(f"problem must be an @sd.problem instance, got {problem!r}")
     if not isinstance(optimizer, optax.GradientTransformation):
         raise ValueError(
-            f"optimizer must be an optax.GradientTransformation (e.g. sd.get_optimizer('gd', 0.1)), "
-            f"got {optimizer!r}"
+            f"optimizer must be an optax.GradientTransformation (e.g. sd.get_optimizer('gd', 0.1)), got {optimizer!r}"
         )
     check_run_lengths(steps, record_every)
     state, records = _simulate_jit(

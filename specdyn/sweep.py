@@ -1,14 +1,20 @@
 """Vectorized sweeps: seeds × learning rates × problem fields as a few compiled programs.
 
 The grid splits in two. *Static* fields (shapes, switches) and the optimizer make
-**cells**: one compiled program each. Inside a cell, seeds × learning rates ×
+**cells**: one compiled step program each. Inside a cell, seeds × learning rates ×
 *data* (float) grid fields form one batch of runs that is ``vmap``-ed and
-sharded over all local devices along a ``runs`` mesh axis. A batch too large
-for memory is split into equal sub-batches that reuse the same program.
+sharded over all local devices along a ``runs`` mesh axis. Runs that differ only
+in their learning rate share their initial parameters and data, so the batch is
+a set of *groups* (one per seed and data grid point), each carrying all learning
+rates: a group's data is drawn once, by a program shared by every optimizer, and
+stored once; the ``runs`` axis shards the groups. A batch too large for memory
+is split into equal sub-batches of groups that reuse the same programs.
 
-Steps run in equal chunks of record slots (one program, called repeatedly), so
-a progress bar moves; each finished cell goes to the store at once, and a
-re-run with the same store skips it. The run with seed ``s`` uses
+Steps run in chunks of whole record slots (one program, called repeatedly; a
+second, shorter one when no equal split exists), then the last record and the
+steps left after it, as in :func:`specdyn.simulate`: no padded step is computed.
+A progress bar moves with the chunks; each finished cell goes to the store at
+once, and a re-run with the same store skips it. The run with seed ``s`` uses
 ``jax.random.PRNGKey(s)``: ``sd.simulate(..., key=jax.random.PRNGKey(s))``
 reproduces any run of a sweep.
 """
@@ -34,11 +40,12 @@ from tqdm.auto import tqdm
 from specdyn.optimizers import OPTIMIZERS, get_optimizer
 from specdyn.problem import data_fields, is_problem, static_fields
 from specdyn.results import CellStore, coordinate_values
-from specdyn.simulate import advance, check_run_lengths, init_run, record_steps
+from specdyn.simulate import advance, check_run_lengths, finish, record_steps, sample_run, start_run
 
 __all__ = ["TRACE_COUNTS", "sweep"]
 
-# How many times each cell program was traced (= compiled); tests assert on it.
+# How many times the step programs ("advance") and the program drawing initial
+# parameters and data ("draw") were traced (= compiled); tests assert on it.
 TRACE_COUNTS: collections.Counter = collections.Counter()
 
 _TARGET_CHUNKS = 10  # progress granularity: about this many calls per batch
@@ -80,9 +87,7 @@ def _learning_rates(learning_rates, names) -> dict[str, list[float]]:
         missing = [n for n in names if n not in learning_rates]
         extra = [n for n in learning_rates if n not in names]
         if missing or extra:
-            raise ValueError(
-                f"learning_rates must have one list per optimizer: missing {missing}, unknown {extra}"
-            )
+            raise ValueError(f"learning_rates must have one list per optimizer: missing {missing}, unknown {extra}")
         table = {n: list(np.atleast_1d(learning_rates[n])) for n in names}
     else:
         values = list(np.atleast_1d(learning_rates))
@@ -118,9 +123,7 @@ def _grid(problem, grid) -> tuple[dict, dict]:
     static, data = {}, {}
     for name, values in grid.items():
         if name not in fields:
-            raise ValueError(
-                f"grid field {name!r} is not a field of {type(problem).__name__}; fields: {list(fields)}"
-            )
+            raise ValueError(f"grid field {name!r} is not a field of {type(problem).__name__}; fields: {list(fields)}")
         values = list(values) if isinstance(values, list | tuple | np.ndarray) else [values]
         if not values:
             raise ValueError(f"grid field {name!r} has no values")
@@ -158,13 +161,19 @@ def _nbytes(tree) -> int:
     return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
-def _chunking(slots: int) -> tuple[int, int]:
-    """(records per chunk, number of chunks): divide evenly when possible."""
-    for n in range(min(_TARGET_CHUNKS, slots), 0, -1):
-        if slots % n == 0 and (n >= _TARGET_CHUNKS // 2 or n == slots):
-            return slots // n, n
-    per = math.ceil(slots / _TARGET_CHUNKS)
-    return per, math.ceil(slots / per)
+def _chunk_lengths(slots: int) -> list[int]:
+    """Record slots per program call: about ``_TARGET_CHUNKS`` equal calls.
+
+    Equal lengths when some length between slots/10 and slots/5 divides
+    ``slots``; otherwise a shorter last call (a second program). No call is padded.
+    """
+    if slots == 0:
+        return []
+    low = math.ceil(slots / _TARGET_CHUNKS)
+    for per in range(low, max(low, slots // (_TARGET_CHUNKS // 2)) + 1):
+        if slots % per == 0:
+            return [per] * (slots // per)
+    return [low] * (slots // low) + [slots % low]
 
 
 def sweep(
@@ -195,7 +204,8 @@ def sweep(
       store: a folder; each finished cell is written there, and a re-run skips it.
       progress: show a tqdm progress bar over run-steps.
       fresh: discard what ``store`` holds instead of resuming.
-      batch_size: most runs per program call (default: from device memory).
+      batch_size: most runs per program call (default: from device memory), rounded down to
+        whole groups (all learning rates of one seed and data grid point), at least one group.
 
     Returns:
       ``xarray.Dataset`` (see :mod:`specdyn.results`).
@@ -233,7 +243,9 @@ def sweep(
     results = []
     try:
         for index, (name, static_values) in enumerate(cells):
-            bar.set_description(f"{name} " + " ".join(f"{k}={v}" for k, v in zip(static_grid, static_values, strict=True)))
+            bar.set_description(
+                f"{name} " + " ".join(f"{k}={v}" for k, v in zip(static_grid, static_values, strict=True))
+            )
             if cell_store is not None and cell_store.has(index):
                 results.append(cell_store.load(index))
                 bar.update(n_runs * steps)
@@ -262,87 +274,161 @@ def sweep(
 
 
 def _run_cell(problem, factory, lrs, seeds, data_grid, data_combos, *, steps, record_every, batch_size, bar):
-    """All runs of one cell: returns {metric: (runs, slots, ...)} and diverged_at (runs,)."""
-    runs = list(itertools.product(range(len(lrs)), seeds, range(len(data_combos))))
-    n_runs = len(runs)
-    # Per-run inputs, in the order lr × seed × data combo.
-    keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray([s for _, s, _ in runs]))
-    lr_values = jnp.asarray([lrs[i] for i, _, _ in runs])
+    """All runs of one cell: returns {metric: (runs, slots, ...)} and diverged_at (runs,).
+
+    Runs form *groups*, one per (seed, data grid point), in that order; the
+    learning rates of a group share its initial parameters and data (drawn once,
+    stored once), so a program maps over groups and, inside, over learning rates.
+    Results come back in run order learning rate × seed × data grid point.
+    """
+    groups = list(itertools.product(seeds, range(len(data_combos))))
+    n_groups, n_lrs = len(groups), len(lrs)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray([s for s, _ in groups]))
+    lr_values = jnp.asarray(lrs)
     leaves, treedef = jax.tree.flatten(problem)
-    field_values = {f: [data_combos[c][j] for _, _, c in runs] for j, f in enumerate(data_grid)}
+    field_values = {f: [data_combos[c][j] for _, c in groups] for j, f in enumerate(data_grid)}
     batched_leaves = []
     for name, leaf in zip(data_fields(problem), leaves, strict=True):
         if name in field_values:
             batched_leaves.append(jnp.asarray(field_values[name]))
         else:
             leaf = jnp.asarray(leaf)
-            batched_leaves.append(jnp.broadcast_to(leaf, (n_runs, *leaf.shape)))
+            batched_leaves.append(jnp.broadcast_to(leaf, (n_groups, *leaf.shape)))
     problems = jax.tree.unflatten(treedef, batched_leaves)
 
-    slots = len(record_steps(steps, record_every))
-    per_chunk, n_chunks = _chunking(slots)
+    full_slots = steps // record_every
+    lengths = _chunk_lengths(full_slots)
 
-    # Batch size from memory: state + data + one chunk of records per run, with headroom.
-    def one_run_shapes():
+    # Batch size from memory: per group, its data and parameters once, and per learning
+    # rate a run's state and one chunk of records; with headroom.
+    def group_shapes():
         p0 = jax.tree.map(lambda x: x[0], problems)
-        state, data = init_run(p0, factory(lr_values[0]), keys[0])
+        params, data = sample_run(p0, keys[0])
+        state = start_run(factory(lr_values[0]), params)
         _, recs = advance(
-            p0, factory(lr_values[0]), state, data, records=per_chunk, record_every=record_every, total_steps=steps
+            p0,
+            factory(lr_values[0]),
+            state,
+            data,
+            records=max(lengths, default=1),
+            record_every=record_every,
+            total_steps=steps,
         )
-        return state, data, recs
+        return (params, data), (state, recs)
 
-    per_run = 4 * _nbytes(jax.eval_shape(one_run_shapes)) + 1
+    shared, per_lr = jax.eval_shape(group_shapes)
+    per_group = 4 * (_nbytes(shared) + n_lrs * _nbytes(per_lr)) + 1
     n_dev = jax.local_device_count()
-    cap = batch_size or max(1, int(0.5 * _memory_per_device() * n_dev / per_run))
-    size = min(n_runs, cap)
+    cap = max(1, batch_size // n_lrs) if batch_size else max(1, int(0.5 * _memory_per_device() * n_dev / per_group))
+    size = min(n_groups, cap)
     size = math.ceil(size / n_dev) * n_dev  # equal shards on every device
-    n_batches = math.ceil(n_runs / size)
+    n_batches = math.ceil(n_groups / size)
 
     shard = NamedSharding(Mesh(np.asarray(jax.local_devices()), ("runs",)), PartitionSpec("runs"))
-    init_jit, advance_jit = _programs(factory, per_chunk, record_every, steps, shard)
+    draw = _draw_program(shard)
+    start, chunk_programs, finish_program = _programs(factory, lengths, record_every, steps, shard)
 
     outputs = []
     for b in range(n_batches):
-        idx = np.minimum(np.arange(b * size, (b + 1) * size), n_runs - 1)  # pad with the last run
-        p_b, k_b, lr_b = jax.tree.map(lambda x, idx=idx: jax.device_put(x[idx], shard), (problems, keys, lr_values))
-        state, data = init_jit(p_b, k_b, lr_b)
+        idx = np.minimum(np.arange(b * size, (b + 1) * size), n_groups - 1)  # pad with the last group
+        p_b, k_b = jax.tree.map(lambda x, idx=idx: jax.device_put(x[idx], shard), (problems, keys))
+        params, data = draw(p_b, k_b)
+        state = start(lr_values, params)
+        real = min(size, n_groups - b * size) * n_lrs
         chunks = []
-        real = min(size, n_runs - b * size)
-        for c in range(n_chunks):
-            state, recs = advance_jit(p_b, lr_b, state, data)
+        for length in lengths:
+            state, recs = chunk_programs[length](p_b, lr_values, state, data)
             chunks.append(jax.tree.map(np.asarray, recs))
-            done = min(steps, (c + 1) * per_chunk * record_every) - min(steps, c * per_chunk * record_every)
-            bar.update(real * done)
-        recs = {k: np.concatenate([ch[k] for ch in chunks], axis=1)[:real, :slots] for k in chunks[0]}
-        recs["diverged_at"] = np.asarray(state.diverged_at)[:real]
-        outputs.append(recs)
-    return {k: np.concatenate([o[k] for o in outputs], axis=0) for k in outputs[0]}
+            bar.update(real * length * record_every)
+        state, last = finish_program(p_b, lr_values, state, data)
+        chunks.append(jax.tree.map(np.asarray, last))
+        bar.update(real * (steps % record_every))
+        recs = {k: np.concatenate([ch[k] for ch in chunks], axis=2) for k in chunks[0]}
+        recs["diverged_at"] = np.asarray(state.diverged_at)
+        outputs.append({k: v[: n_groups - b * size] for k, v in recs.items()})
+    result = {}
+    for k in outputs[0]:  # (groups, lrs, ...) -> runs in order lr x seed x data grid point
+        by_lr = np.swapaxes(np.concatenate([o[k] for o in outputs], axis=0), 0, 1)
+        result[k] = by_lr.reshape(n_lrs * n_groups, *by_lr.shape[2:])
+    return result
+
+
+@functools.cache
+def _draw_program(shard):
+    """Initial parameters and data of a batch of groups; one program per problem shape,
+    shared by every optimizer (jit's cache keys it on the problem's static fields)."""
+
+    def draw(problems, keys):
+        TRACE_COUNTS["draw"] += 1
+        return jax.vmap(sample_run)(problems, keys)
+
+    # It runs once per batch, so its compile time is what counts: on CPU, LLVM at -O1
+    # halves it (the random draws' code) and computes the same values.
+    options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+    return jax.jit(draw, out_shardings=shard, compiler_options=options)
 
 
 _PROGRAMS: dict = {}  # cell programs, reused by later sweeps with the same optimizer and lengths
 
 
-def _programs(factory, per_chunk: int, record_every: int, steps: int, shard):
-    """The jitted (init, advance) pair of a cell; jit's own cache handles problem shapes."""
+def _programs(factory, lengths, record_every: int, steps: int, shard):
+    """A cell's jitted (start, {chunk length: advance}, finish) programs.
+
+    Each maps over groups (sharded) and, inside, over learning rates, with a
+    group's problem, parameters and data shared by its learning rates. jit's own
+    cache handles problem shapes.
+    """
     desc = _describe_factory(factory)
-    key = (json.dumps(desc, sort_keys=True) if isinstance(desc, dict) else factory, per_chunk, record_every, steps, shard)
-    if key not in _PROGRAMS:
+    base = (
+        json.dumps(desc, sort_keys=True) if isinstance(desc, dict) else factory,
+        record_every,
+        steps,
+        shard,
+    )
+    if len(_PROGRAMS) > 256:
+        _PROGRAMS.clear()
 
-        def init_batch(problems, keys, lrs):
-            return jax.vmap(lambda p, k, lr: init_run(p, factory(lr), k))(problems, keys, lrs)
+    def per_group(fn):
+        """vmap ``fn(problem, lr, state, data)`` over learning rates, then over groups."""
+        over_lrs = jax.vmap(fn, in_axes=(None, 0, 0, None))
+        return jax.vmap(over_lrs, in_axes=(0, None, 0, 0))
 
-        def advance_batch(problems, lrs, state, data):
-            TRACE_COUNTS["advance"] += 1
+    if ("start", *base) not in _PROGRAMS:
+
+        def start(lrs, params):
             return jax.vmap(
-                lambda p, lr, s, d: advance(
-                    p, factory(lr), s, d, records=per_chunk, record_every=record_every, total_steps=steps
-                )
-            )(problems, lrs, state, data)
+                jax.vmap(lambda lr, p: start_run(factory(lr), p), in_axes=(0, None)),
+                in_axes=(None, 0),
+            )(lrs, params)
 
-        if len(_PROGRAMS) > 256:
-            _PROGRAMS.clear()
-        _PROGRAMS[key] = (jax.jit(init_batch, out_shardings=shard), jax.jit(advance_batch, out_shardings=shard))
-    return _PROGRAMS[key]
+        def finish_batch(problems, lrs, state, data):
+            return per_group(lambda p, lr, s, d: finish(p, factory(lr), s, d, steps=steps, record_every=record_every))(
+                problems, lrs, state, data
+            )
+
+        _PROGRAMS["start", *base] = jax.jit(start, out_shardings=shard)
+        _PROGRAMS["finish", *base] = jax.jit(finish_batch, out_shardings=shard)
+    chunks = {}
+    for length in set(lengths):
+        if ("advance", length, *base) not in _PROGRAMS:
+
+            def advance_batch(problems, lrs, state, data, length=length):
+                TRACE_COUNTS["advance"] += 1
+                return per_group(
+                    lambda p, lr, s, d: advance(
+                        p,
+                        factory(lr),
+                        s,
+                        d,
+                        records=length,
+                        record_every=record_every,
+                        total_steps=steps,
+                    )
+                )(problems, lrs, state, data)
+
+            _PROGRAMS["advance", length, *base] = jax.jit(advance_batch, out_shardings=shard)
+        chunks[length] = _PROGRAMS["advance", length, *base]
+    return _PROGRAMS["start", *base], chunks, _PROGRAMS["finish", *base]
 
 
 def _assemble(problem, names, lrs, seeds, static_grid, data_grid, grid_order, steps_at, results, config):
@@ -357,9 +443,7 @@ def _assemble(problem, names, lrs, seeds, static_grid, data_grid, grid_order, st
     for key in results[0]:
         example = results[0][key]
         per_run_extra = example.shape[1:]  # (slots, ...) for metrics, () for diverged_at
-        full = np.stack([r[key] for r in results]).reshape(
-            len(names), *static_shape, *run_shape, *per_run_extra
-        )
+        full = np.stack([r[key] for r in results]).reshape(len(names), *static_shape, *run_shape, *per_run_extra)
         # Move static axes after seed: (opt, lr, seed, *static, *data, ...)
         n_static = len(static_shape)
         order = [0, *range(1 + n_static, 3 + n_static), *range(1, 1 + n_static)]

@@ -8,12 +8,15 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import xarray as xr
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import specdyn as sd
 from specdyn import results
+from specdyn.simulate import sample_run
 from specdyn.sweep import TRACE_COUNTS, sweep
 
 sweep_module = importlib.import_module("specdyn.sweep")  # sd.sweep, the function, shadows the module
@@ -57,7 +60,8 @@ def test_sweep_equals_runs_simulated_one_at_a_time(reference):
 
 
 def test_one_compilation_per_cell_across_batches_and_chunks(reference, monkeypatch):
-    # With almost no memory the 8 runs of a cell split into batches of 1, each run in chunks.
+    # With almost no memory the 4 groups (seed x noise; 2 learning rates each) of a cell
+    # split into batches of one group, each run in chunks.
     monkeypatch.setattr(sweep_module, "_memory_per_device", lambda: 1.0)
     before = TRACE_COUNTS["advance"]
     ds = sweep(PROBLEM, **SWEEP)
@@ -65,9 +69,54 @@ def test_one_compilation_per_cell_across_batches_and_chunks(reference, monkeypat
     assert TRACE_COUNTS["advance"] - before == cells
     xr.testing.assert_allclose(ds.drop_attrs(), reference.drop_attrs())
     before = TRACE_COUNTS["advance"]
-    again = sweep(PROBLEM, **SWEEP, batch_size=3)  # an explicit batch size: 3 batches, padded
+    again = sweep(PROBLEM, **SWEEP, batch_size=6)  # 3 groups per batch: 2 batches, the second padded
     assert TRACE_COUNTS["advance"] - before == cells
     xr.testing.assert_allclose(again.drop_attrs(), reference.drop_attrs())
+
+
+@pytest.mark.parametrize("slots", [0, 1, 7, 10, 13, 30, 97, 1000])
+def test_chunk_lengths_cover_every_slot_without_padding(slots):
+    lengths = sweep_module._chunk_lengths(slots)
+    assert sum(lengths) == slots
+    assert len(set(lengths)) <= 2 and all(n >= 1 for n in lengths)
+    if lengths:
+        assert lengths[-1] <= lengths[0]
+        assert len(lengths) <= 2 * sweep_module._TARGET_CHUNKS
+
+
+def test_steps_not_a_multiple_of_record_every_equal_simulate():
+    # 41 steps recorded every 3: 13 full slots (chunks of 2, then 1), the last record, 2 more steps.
+    problem = sd.problems.MatrixLeastSquares(rows=5, cols=4, samples=12, noise=0.1)
+    ds = sweep(
+        problem,
+        optimizers=["gd"],
+        learning_rates=[0.05, 0.2],
+        seeds=[1, 2],
+        steps=41,
+        record_every=3,
+        progress=False,
+    )
+    np.testing.assert_array_equal(ds["step"], np.arange(0, 40, 3))
+    for lr_i, lr in enumerate([0.05, 0.2]):
+        for seed in (1, 2):
+            out = sd.simulate(problem, sd.gd(lr), key=jax.random.PRNGKey(seed), steps=41, record_every=3)
+            got = ds.sel(optimizer="gd", seed=seed).isel(lr=lr_i)
+            np.testing.assert_allclose(got["loss"].values, np.asarray(out["loss"]), rtol=1e-5, atol=1e-7)
+            assert int(got["diverged_at"]) == int(out["diverged_at"])
+
+
+def test_data_drawn_by_one_program_for_all_optimizers():
+    problem = sd.problems.MatrixLeastSquares(rows=6, cols=5, samples=11)  # shapes no other test uses
+    before = TRACE_COUNTS["draw"]
+    sweep(
+        problem,
+        optimizers=["gd", "specgd", "muon"],
+        learning_rates=[0.01],
+        seeds=2,
+        steps=2,
+        progress=False,
+    )
+    assert TRACE_COUNTS["draw"] - before == 1
 
 
 def test_exploding_learning_rate_marks_only_that_run():
@@ -182,3 +231,16 @@ def test_four_devices_give_the_same_dataset(tmp_path):
     )
     assert four.attrs["devices"].startswith("4 x")
     xr.testing.assert_allclose(four.drop_attrs(), one.drop_attrs(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sd.problems.problem_names())
+def test_draw_program_equals_the_default_compilation(name):
+    # The draw program is compiled with less optimization (it runs once); its values must not change.
+    problem = sd.problems.get_problem(name)()
+    problems = jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (3, *jnp.shape(x))), problem)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(3))
+    shard = NamedSharding(Mesh(np.asarray(jax.local_devices()[:1]), ("runs",)), PartitionSpec("runs"))
+    got = sweep_module._draw_program(shard)(problems, keys)
+    want = jax.jit(jax.vmap(sample_run))(problems, keys)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
