@@ -22,6 +22,7 @@ for); (a) is also reported warm. Prints a markdown table; run with
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import time
@@ -77,18 +78,19 @@ def one_run(problem, factory, lr, key, steps, record_every):
 
 
 def run_loop(problem, seeds, steps, *, traced: bool):
-    """A Python loop over runs; each run one jitted scan (lr constant or traced)."""
-    from specdyn.simulate import advance, init_run, record_steps
+    """A Python loop over runs; each run one jitted scan (lr constant or traced), the same steps as sd.simulate."""
+    from specdyn.simulate import advance, finish, init_run
 
-    slots = len(record_steps(steps, steps // 10))
+    every = steps // 10
     finals = {}
     for name, factory in factories().items():
 
         def run(key, lr, factory=factory):
             opt = factory(lr)
             state, data = init_run(problem, opt, key)
-            _, recs = advance(problem, opt, state, data, records=slots, record_every=steps // 10, total_steps=steps)
-            return recs["loss"]
+            state, _ = advance(problem, opt, state, data, records=steps // every, record_every=every, total_steps=steps)
+            _, last = finish(problem, opt, state, data, steps=steps, record_every=every)
+            return last["loss"]
 
         traced_run = jax.jit(run)
         for lr in learning_rates(name):
@@ -126,6 +128,29 @@ def run_torch(problem, seeds, steps):
     return finals
 
 
+def step_flops(d: int, n: int) -> dict[str, float]:
+    """Matrix-product FLOPs of one step of each optimizer (records and elementwise work not counted).
+
+    The gradient of 0.5 * ||W A - Y||^2 / n is two d x d x n products; a Newton-Schulz
+    iteration is three d x d x d products (X X^T, its square, and that times X).
+    """
+    grad = 2 * (2 * d * d * n)
+    return {"gd": grad, "specgd": grad + 5 * 3 * (2 * d**3)}
+
+
+def matmul_peak(size: int) -> float:
+    """FLOP/s of one large float32 product on the default device, best of five."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (size, size), jax.numpy.float32)
+    product = jax.jit(lambda a: a @ a)
+    product(x).block_until_ready()
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        product(x).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
 def timed(fn, *args, **kwargs):
     start = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -139,6 +164,9 @@ def main():
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument(
+        "--sweep-only", action="store_true", help="time (a) only, e.g. 64 seeds at d = 256 on a GPU (1024 runs)"
+    )
     args = parser.parse_args()
     d = args.dim
     problem = sd.problems.MatrixLeastSquares(rows=d, cols=d, samples=4 * d, condition=10.0)
@@ -151,17 +179,18 @@ def main():
     rows.append(("(a) sd.sweep (cold: includes compile)", t_a))
     t_a_warm, ds = timed(run_sweep, problem, args.seeds, args.steps)
     rows.append(("(a) sd.sweep again (programs reused, no compile)", t_a_warm))
-    t_b, fin_b = timed(run_loop, problem, args.seeds, args.steps, traced=False)
-    rows.append(("(b) loop of jitted runs, lr baked in (recompiles per lr)", t_b))
-    t_c, fin_c = timed(run_loop, problem, args.seeds, args.steps, traced=True)
-    rows.append(("(c) loop of jitted runs, lr traced (one compile)", t_c))
-    if not args.skip_torch:
-        t_d, fin_d = timed(run_torch, problem, args.seeds, args.steps)
-        rows.append(("(d) PyTorch eager loop (CPU)", t_d))
+    others = {}
+    if not args.sweep_only:
+        t_b, others["(b)"] = timed(run_loop, problem, args.seeds, args.steps, traced=False)
+        rows.append(("(b) loop of jitted runs, lr baked in (recompiles per lr)", t_b))
+        t_c, others["(c)"] = timed(run_loop, problem, args.seeds, args.steps, traced=True)
+        rows.append(("(c) loop of jitted runs, lr traced (one compile)", t_c))
+        if not args.skip_torch:
+            t_d, others["(d)"] = timed(run_torch, problem, args.seeds, args.steps)
+            rows.append(("(d) PyTorch eager loop (CPU)", t_d))
 
     # The implementations compute the same runs: check before reporting speed.
     final = ds["loss"].isel(step=-1)
-    others = {"(b)": fin_b, "(c)": fin_c} | ({} if args.skip_torch else {"(d)": fin_d})
     for label, fin in others.items():
         for name in factories():
             diffs = [
@@ -179,6 +208,16 @@ def main():
     print("|---|---:|---:|---:|---:|")
     for label, t in rows:
         print(f"| {label} | {t:.2f} | {runs * args.steps / t:,.0f} | {t / t_a:.2f} | {t / t_a_warm:.2f} |")
+
+    # FLOP rate of (a) warm against the device's own large-matmul rate.
+    flops = sum(f * 8 * args.seeds * args.steps for f in step_flops(d, 4 * d).values())
+    peak = matmul_peak(8192 if jax.default_backend() == "gpu" else 2048)
+    rate = flops / t_a_warm
+    print()
+    print(
+        f"(a) warm: {flops / 1e12:.2f} TFLOP of matrix products in {t_a_warm:.2f} s = {rate / 1e9:,.1f} GFLOP/s; "
+        f"measured matmul peak {peak / 1e9:,.1f} GFLOP/s: {rate / peak:.0%} of peak"
+    )
 
 
 if __name__ == "__main__":
