@@ -39,7 +39,8 @@ cells = [
              "lrs = lrs if FULL else {k: lrs[k] for k in ('gd', 'specgd')}\n"
              "ds = sd.sweep(prob, optimizers=list(lrs), learning_rates=lrs, seeds=3 if FULL else 1,\n"
              "              steps=steps, record_every=max(1, steps // 40), progress=False)\n"
-             "print(ex.best_learning_rates(ds).to_series())\n"
+             "best = sd.results.best_learning_rate(ds, 'balanced_accuracy', mode='max', rule='peak')\n"
+             "print(best.learning_rate.to_series())\n"
              "ex.best_lr_accuracy(ds); plt.show()"),
     ("md", "## Real data: long-tailed digits, MLP"),
     ("code", "r = ex.digits_experiment(full=FULL, seeds=None if FULL else [0, 1], steps=None if FULL else 30,\n"

@@ -24,10 +24,12 @@ import xarray as xr
 __all__ = [
     "CellStore",
     "best_learning_rate",
-    "log_log_slope",
     "coordinate_values",
+    "learning_rate_scores",
+    "log_log_slope",
     "load",
     "mean_over_seeds",
+    "problem_of",
     "save",
 ]
 
@@ -142,6 +144,32 @@ def log_log_slope(x, y) -> float:
     return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])
 
 
+def problem_of(ds: xr.Dataset, **grid_values):
+    """The problem instance of one grid point of a sweep Dataset.
+
+    Its class and fields come from ``attrs["config"]`` (the sweep's base problem);
+    ``grid_values`` override fields, e.g. ``problem_of(ds, width=ds.width.values[2])``.
+    As in sweep files, the string "none" means None and lists become tuples.
+    """
+    import importlib
+
+    config = json.loads(ds.attrs.get("config", "{}"))
+    if "problem" not in config or "fields" not in config:
+        raise ValueError("the Dataset has no sweep config in attrs['config'] (was it made by specdyn.sweep?)")
+    module, qualname = config["problem"].split(":")
+    cls = getattr(importlib.import_module(module), qualname)
+
+    def value(v):
+        if isinstance(v, str) and v.lower() == "none":
+            return None
+        if isinstance(v, list):
+            return tuple(value(x) for x in v)
+        return v.item() if isinstance(v, np.generic) else v
+
+    fields = {k: value(v) for k, v in {**config["fields"], **grid_values}.items()}
+    return cls(**fields)
+
+
 def converged_runs(ds: xr.Dataset) -> xr.DataArray:
     """True for runs that never diverged."""
     return ds["diverged_at"] < 0
@@ -152,25 +180,40 @@ def mean_over_seeds(ds: xr.Dataset, metric: str) -> xr.DataArray:
     return ds[metric].where(converged_runs(ds)).mean("seed")
 
 
-def best_learning_rate(ds: xr.Dataset, metric: str, *, mode: str = "min") -> xr.Dataset:
-    """Pick, per optimizer (and grid point), the lr whose final ``metric`` is best.
-
-    The score is the seed-mean of ``metric`` at the last recorded step over runs
-    that did not diverge; an lr where any seed diverged is never picked (its score
-    is NaN). ``mode`` is "min" (losses) or "max" (accuracies). Returns ``ds`` with
-    the ``lr`` dimension selected away.
-    """
+def learning_rate_scores(ds: xr.Dataset, metric: str, *, mode: str = "min", rule: str = "final") -> xr.DataArray:
+    """The score of every learning rate: the seed-mean of ``metric`` at the last recorded
+    step (``rule="final"``) or at its best recorded step (``rule="peak"``: early
+    stopping with an oracle, the fair choice when a finite data set is overfitted late
+    in training); ``mode`` is "min" (losses) or "max" (accuracies). A learning rate at
+    which any seed diverged scores NaN: a rate that sometimes diverges is never the
+    best one. Axes of array-valued metrics are averaged. Dims: those of ``diverged_at``
+    less ``seed``."""
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min' or 'max', got {mode=!r}")
+    if rule not in ("final", "peak"):
+        raise ValueError(f"rule must be 'final' or 'peak', got {rule=!r}")
     if metric not in ds:
         raise ValueError(f"no metric {metric!r} in the results; have {sorted(ds.data_vars)}")
-    final = ds[metric].isel(step=-1)
-    extra = [d for d in final.dims if d not in ds["diverged_at"].dims]
+    values = ds[metric]
+    extra = [d for d in values.dims if d not in ds["diverged_at"].dims and d != "step"]
     if extra:
-        final = final.mean(extra)
+        values = values.mean(extra)
+    mean = values.mean("seed")
+    if rule == "final":
+        score = mean.isel(step=-1)
+    else:
+        score = mean.min("step") if mode == "min" else mean.max("step")
     any_diverged = (~converged_runs(ds)).any("seed")
-    score = final.mean("seed").where(~any_diverged)
+    return score.where(~any_diverged).drop_vars("step", errors="ignore")
+
+
+def best_learning_rate(ds: xr.Dataset, metric: str, *, mode: str = "min", rule: str = "final") -> xr.Dataset:
+    """Pick, per optimizer (and grid point), the learning rate with the best
+    :func:`learning_rate_scores` (an lr where any seed diverged is never picked; if
+    every lr diverged somewhere, the first is returned). Returns ``ds`` with the
+    ``lr`` dimension selected away: its ``lr`` and ``learning_rate`` coordinates
+    say which rate each optimizer got."""
+    score = learning_rate_scores(ds, metric, mode=mode, rule=rule)
     fill = np.inf if mode == "min" else -np.inf
-    score = score.fillna(fill).drop_vars("step")
-    best = score.argmin("lr") if mode == "min" else score.argmax("lr")
+    best = score.fillna(fill).argmin("lr") if mode == "min" else score.fillna(fill).argmax("lr")
     return ds.isel(lr=best)

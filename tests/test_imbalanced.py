@@ -103,24 +103,3 @@ def test_digits_mlp_smoke():
     bal, worst = r["muon"]["balanced_accuracy"][0], r["muon"]["worst_accuracy"][0]
     assert bal[-1] > 0.5 > bal[0] - 0.3  # well above chance (0.1) after 30 steps
     assert np.all(worst <= bal + 1e-6)
-
-
-def test_best_learning_rate_rules():
-    import xarray as xr
-
-    from specdyn.experiments.imbalanced import best_learning_rates
-
-    # lr 0 peaks early then overfits; lr 1 ends highest of the survivors; lr 2 ends highest
-    # on the seed that survived (seed 1 diverged: NaN records)
-    acc = np.array([[0.2, 0.9, 0.5], [0.1, 0.4, 0.7], [0.5, 0.95, 0.99]])  # (lr, step)
-    acc = np.stack([acc, acc])  # (seed, lr, step)
-    acc[1, 2] = np.nan
-    diverged = np.array([[-1, -1, -1], [-1, -1, 2]])  # (seed, lr)
-    ds = xr.Dataset({"balanced_accuracy": (("optimizer", "seed", "lr", "step"), acc[None]),
-                     "diverged_at": (("optimizer", "seed", "lr"), diverged[None])})
-    assert int(best_learning_rates(ds, rule="final").item()) == 2  # the surviving seed scores 0.99
-    ds["diverged_at"][:] = [[[-1, -1, 2], [-1, -1, 2]]]  # lr 2 diverged on every seed
-    assert int(best_learning_rates(ds, rule="final").item()) == 1
-    assert int(best_learning_rates(ds, rule="peak").item()) == 0
-    with pytest.raises(ValueError, match="rule"):
-        best_learning_rates(ds, rule="best")

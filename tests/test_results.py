@@ -1,8 +1,64 @@
-"""Result helpers against closed forms."""
+"""Result helpers against closed forms and hand-made Datasets."""
+
+import json
 
 import numpy as np
+import pytest
+import xarray as xr
 
-from specdyn.results import log_log_slope
+import specdyn as sd
+from specdyn.results import best_learning_rate, learning_rate_scores, log_log_slope, problem_of
+
+
+def _accuracy_dataset():
+    # lr 0 peaks early then overfits; lr 1 ends highest of those that never diverge;
+    # lr 2 ends highest, but only on seed 0 (seed 1 diverged: NaN records).
+    acc = np.array([[0.2, 0.9, 0.5], [0.1, 0.4, 0.7], [0.5, 0.95, 0.99]])  # (lr, step)
+    acc = np.stack([acc, acc])  # (seed, lr, step)
+    acc[1, 2] = np.nan
+    diverged = np.array([[-1, -1, -1], [-1, -1, 2]])  # (seed, lr)
+    return xr.Dataset(
+        {
+            "balanced_accuracy": (("optimizer", "seed", "lr", "step"), acc[None]),
+            "diverged_at": (("optimizer", "seed", "lr"), diverged[None]),
+        },
+        coords={"learning_rate": (("optimizer", "lr"), [[0.1, 0.3, 1.0]]), "lr": [0, 1, 2]},
+    )
+
+
+def test_best_learning_rate_rules_final_and_peak_never_pick_a_rate_that_diverged():
+    ds = _accuracy_dataset()
+    scores = learning_rate_scores(ds, "balanced_accuracy", mode="max", rule="final")
+    np.testing.assert_allclose(scores.values[0, :2], [0.5, 0.7])
+    assert np.isnan(scores.values[0, 2])  # one seed of lr 2 diverged: never picked
+    assert int(best_learning_rate(ds, "balanced_accuracy", mode="max", rule="final")["lr"].item()) == 1
+    assert int(best_learning_rate(ds, "balanced_accuracy", mode="max", rule="peak")["lr"].item()) == 0
+    assert float(best_learning_rate(ds, "balanced_accuracy", mode="max", rule="peak")["learning_rate"].item()) == 0.1
+    # as a loss (mode="min"), the lowest final value wins, and the lowest value at any step for "peak"
+    assert int(best_learning_rate(ds, "balanced_accuracy", mode="min", rule="final")["lr"].item()) == 0
+    assert int(best_learning_rate(ds, "balanced_accuracy", mode="min", rule="peak")["lr"].item()) == 1
+    ds["balanced_accuracy"][0, 1, 2] = ds["balanced_accuracy"][0, 0, 2]
+    ds["diverged_at"][:] = -1  # had seed 1 not diverged at lr 2, lr 2 would win
+    assert int(best_learning_rate(ds, "balanced_accuracy", mode="max", rule="final")["lr"].item()) == 2
+    with pytest.raises(ValueError, match="rule"):
+        learning_rate_scores(ds, "balanced_accuracy", rule="best")
+    with pytest.raises(ValueError, match="mode"):
+        learning_rate_scores(ds, "balanced_accuracy", mode="largest")
+    with pytest.raises(ValueError, match="no metric 'accuracy'"):
+        learning_rate_scores(ds, "accuracy")
+
+
+def test_problem_of_rebuilds_the_problem_of_a_grid_point():
+    problem = sd.problems.PhaseRetrieval(dim=12, spike=3.0, samples=None)
+    config = {"problem": "specdyn.problems.phase_retrieval:PhaseRetrieval",
+              "fields": {f: getattr(problem, f) for f in ("dim", "width", "covariance", "spike", "exponent",
+                                                           "signal_placement", "samples", "label_noise",
+                                                           "init_scale", "init_type")}}
+    ds = xr.Dataset(attrs={"config": json.dumps(config)})
+    assert problem_of(ds) == problem
+    assert problem_of(ds, spike=np.float64(30.0), samples="none") == sd.problems.PhaseRetrieval(dim=12, spike=30.0)
+    with pytest.raises(ValueError, match="config"):
+        problem_of(xr.Dataset())
 
 
 def test_log_log_slope_recovers_a_power_law_and_skips_bad_points():

@@ -181,6 +181,12 @@ def test_best_learning_rate_picks_lowest_final_loss(reference):
     np.testing.assert_array_equal(best["lr"].values, expected.values)
 
 
+def test_problem_of_a_grid_point(reference):
+    assert results.problem_of(reference) == PROBLEM
+    got = results.problem_of(reference, samples=int(reference.samples[1]), noise=float(reference.noise[1]))
+    assert got == sd.problems.MatrixLeastSquares(rows=5, cols=4, samples=16, noise=0.2)
+
+
 @pytest.mark.parametrize(
     "change,match",
     [

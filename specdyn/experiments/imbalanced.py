@@ -1,4 +1,4 @@
-"""Imbalanced-data experiments (PAPERS.md §2): figures, best-lr selection, digits MLP.
+"""Imbalanced-data experiments (PAPERS.md §2): figures and the digits MLP.
 
 Figure functions take a sweep Dataset and return a matplotlib Figure (used by the
 TOML ``[plot] figures = ["imbalanced.<name>"]``).
@@ -6,55 +6,20 @@ TOML ``[plot] figures = ["imbalanced.<name>"]``).
 
 from __future__ import annotations
 
-import json
-
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
 from specdyn.reduced import imbalanced as red
+from specdyn.results import best_learning_rate, learning_rate_scores, problem_of
 
-__all__ = ["alpha_closed_forms", "best_learning_rates", "best_lr_accuracy", "depth_gap",
-           "saturation_steps"]
-
-
-def _field(ds, name, default):
-    """A problem field from the sweep's config attribute (or the default)."""
-    def find(obj):
-        if isinstance(obj, dict):
-            if name in obj and isinstance(obj[name], int | float):
-                return obj[name]
-            for v in obj.values():
-                r = find(v)
-                if r is not None:
-                    return r
-        return None
-    r = find(json.loads(ds.attrs.get("config", "{}")))
-    return default if r is None else r
-
-
-def best_learning_rates(ds: xr.Dataset, metric: str = "balanced_accuracy", rule: str = "final") -> xr.DataArray:
-    """Selection rule: per optimizer (and grid point), the lr index whose ``metric`` averaged
-    over seeds is largest — at the last recorded step (``rule="final"``), or at its best
-    recorded step (``rule="peak"``: early stopping with an oracle, the fair choice when a
-    finite data set is overfitted late in training). Runs that diverged (diverged_at >= 0)
-    count as −inf, so an lr is chosen only if some seed survived. Returns the lr index
-    (dims: optimizer, grid)."""
-    if rule not in ("final", "peak"):
-        raise ValueError(f"rule must be 'final' or 'peak', got rule={rule!r}")
-    ok = ds["diverged_at"] < 0
-    mean = ds[metric].where(ok).mean("seed", skipna=True)
-    score = mean.isel(step=-1) if rule == "final" else mean.max("step", skipna=True)
-    return score.fillna(-np.inf).argmax("lr")
-
-
-def _select(ds, da, metric):
-    return da.isel(lr=best_learning_rates(ds, metric))
+__all__ = ["alpha_closed_forms", "best_lr_accuracy", "depth_gap", "saturation_steps"]
 
 
 def alpha_closed_forms(ds: xr.Dataset) -> plt.Figure:
     """α_c over steps per optimizer (first lr, seed 0) with the GD/SpecGD closed forms."""
-    mu, sigma = _field(ds, "mean_norm", 1.0), _field(ds, "noise", 0.5)
+    problem = problem_of(ds)
+    mu, sigma = problem.mean_norm, problem.noise
     opts = list(ds.optimizer.values)
     fig, axes = plt.subplots(1, len(opts), figsize=(4 * len(opts), 3.4), squeeze=False, sharey=True)
     t = ds.step.values.astype(float)[:, None]
@@ -80,14 +45,14 @@ def alpha_closed_forms(ds: xr.Dataset) -> plt.Figure:
 
 def best_lr_accuracy(ds: xr.Dataset, rule: str = "peak") -> plt.Figure:
     """Balanced and worst-class accuracy vs step, each optimizer at its best lr by
-    :func:`best_learning_rates` on balanced accuracy with ``rule`` (mean ± range over seeds)."""
+    :func:`specdyn.results.best_learning_rate` on balanced accuracy with ``rule``
+    (mean ± range over seeds)."""
+    best = best_learning_rate(ds, "balanced_accuracy", mode="max", rule=rule)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, metric in zip(axes, ["balanced_accuracy", "worst_accuracy"], strict=True):
-        best = best_learning_rates(ds, "balanced_accuracy", rule)
         for name in ds.optimizer.values:
-            da = ds[metric].sel(optimizer=name).isel(lr=int(best.sel(optimizer=name)))
-            lr = float(ds.learning_rate.sel(optimizer=name).isel(lr=int(best.sel(optimizer=name))))
-            da = da.squeeze(drop=True)
+            da = best[metric].sel(optimizer=name).squeeze(drop=True)
+            lr = float(best.learning_rate.sel(optimizer=name))
             m = da.mean("seed") if "seed" in da.dims else da
             line, = ax.plot(ds.step, m, label=f"{name} (lr={lr:g})")
             if "seed" in da.dims:
@@ -107,7 +72,8 @@ def saturation_steps(alpha: np.ndarray, star: np.ndarray, steps: np.ndarray, fra
 
 def depth_gap(ds: xr.Dataset) -> plt.Figure:
     """Minority − majority gap in time to 90% saturation vs depth, per optimizer."""
-    mu, sigma = _field(ds, "mean_norm", 1.0), _field(ds, "noise", 0.5)
+    problem = problem_of(ds)
+    mu, sigma = problem.mean_norm, problem.noise
     fig, ax = plt.subplots(figsize=(5, 3.8))
     depths = ds["depth"].values if "depth" in ds.dims else [1]
     for name in ds.optimizer.values:
@@ -203,8 +169,8 @@ def digits_experiment(*, full: bool = False, seeds=None, ratio: float = 0.05, le
 
     ``learning_rates`` maps an optimizer to a rate or a list of rates; by default, full
     size tries DIGITS_LRS × (1/9, 1/3, 1, 3, 9) and smoke size DIGITS_LRS alone. Selection rule
-    (as in :func:`best_learning_rates`): the rate whose final balanced test accuracy,
-    averaged over seeds, is largest; a run that diverged scores −inf. Seeds and rates of
+    (:func:`specdyn.results.learning_rate_scores`): the rate whose final balanced test
+    accuracy, averaged over seeds, is largest; a rate at which any seed diverged scores −inf. Seeds and rates of
     one optimizer run as one vmapped program. Smoke: 60 steps, 2 seeds; full: 600 steps,
     5 seeds. Returns {optimizer: {metric: array (seed, record), "learning_rate": chosen,
     "scores": {rate: mean final balanced accuracy}}, "step": steps}.
@@ -233,9 +199,9 @@ def digits_experiment(*, full: bool = False, seeds=None, ratio: float = 0.05, le
         runs = jax.jit(jax.vmap(jax.vmap(run, in_axes=(None, 0, 0)), in_axes=(0, None, None)))(
             jnp.asarray(lrs, jnp.float32), keys, data)
         runs = {k: np.asarray(v) for k, v in runs.items()}
-        ok = runs["diverged_at"] < 0  # (lr, seed)
-        final = np.where(ok, runs["balanced_accuracy"][:, :, -1], 0.0)
-        score = np.where(ok.any(1), final.sum(1) / np.maximum(ok.sum(1), 1), -np.inf)
+        ds = xr.Dataset({"balanced_accuracy": (("lr", "seed", "step"), runs["balanced_accuracy"]),
+                         "diverged_at": (("lr", "seed"), runs["diverged_at"])})
+        score = learning_rate_scores(ds, "balanced_accuracy", mode="max").fillna(-np.inf).values
         best = int(np.argmax(score))
         out[name] = {k: runs[k][best] for k in DIGITS_METRICS}
         out[name]["learning_rate"] = lrs[best]

@@ -29,7 +29,8 @@ import numpy as np
 import xarray as xr
 
 from specdyn.problems.matrix_sensing import MatrixSensing
-from specdyn.results import log_log_slope
+from specdyn.results import log_log_slope, problem_of
+from specdyn.simulate import sample_run
 
 __all__ = [
     "error_vs_init_scale",
@@ -38,7 +39,6 @@ __all__ = [
     "phase_ends",
     "phases",
     "power_method",
-    "problem_from_dataset",
 ]
 
 _PHASES = ("I", "II", "III")
@@ -77,8 +77,7 @@ def phase_ends(traj, *, condition=None, angle_threshold=0.25, signal_fraction=0.
               plateau_factor=plateau_factor)
     if isinstance(traj, xr.Dataset):
         if condition is None:
-            condition = (traj["condition"] if "condition" in traj.coords
-                         else _config(traj).get("fields", {}).get("condition", 2.0))
+            condition = traj["condition"] if "condition" in traj.coords else problem_of(traj).condition
         cond = xr.DataArray(condition) if not isinstance(condition, xr.DataArray) else condition
         st = traj["step"].values
         out = xr.apply_ufunc(
@@ -114,15 +113,6 @@ def power_method(problem: MatrixSensing, data, u0, learning_rate, steps):
 
 
 # ---------------------------------------------------------------- helpers for figures
-def problem_from_dataset(ds, **grid_values) -> MatrixSensing:
-    """The MatrixSensing instance of one grid point of a sweep Dataset (fields from the config,
-    overridden by ``grid_values``)."""
-    fields = dict(_config(ds).get("fields", {}))
-    fields.update(grid_values)
-    fields = {k: (None if v == "none" else v) for k, v in fields.items()}
-    return MatrixSensing(**fields)
-
-
 def _reduce_rest(da, keep):
     """Mean over seeds (diverged runs are NaN and skipped); other unkept dims at index 0."""
     for d in list(da.dims):
@@ -141,9 +131,8 @@ def phases(ds: xr.Dataset) -> plt.Figure:
     sel = ds.isel(optimizer=0, lr=0)
     extra = {d: 0 for d in sel["test_error"].dims if d not in ("seed", "step")}
     sel = sel.isel(extra)
-    grid_vals = {d: ds[d].values[i].item() for d, i in extra.items()}
-    ends = phase_ends(sel.isel(seed=0),
-                      condition=grid_vals.get("condition", _config(ds)["fields"].get("condition")))
+    prob = problem_of(ds, **{d: ds[d].values[i].item() for d, i in extra.items()})
+    ends = phase_ends(sel.isel(seed=0), condition=prob.condition)
     steps = ds["step"].values
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for s in range(sel.sizes["seed"]):
@@ -157,15 +146,13 @@ def phases(ds: xr.Dataset) -> plt.Figure:
                          label=r"$\sigma_{min}(V_X^T U)$" if s == 0 else None)
         axes[1].plot(steps, r["angle"], color="C1", alpha=a, label="angle" if s == 0 else None)
     if opt == "gd":
-        prob = problem_from_dataset(ds, **grid_vals)
         seed = int(sel["seed"].values[0])
         lr = float(ds["learning_rate"].sel(optimizer=opt).isel(lr=0))
         t_end = ends.values[0] if np.isfinite(ends.values[0]) else steps[-1]
         pm_steps = steps[steps <= t_end]
         with jax.enable_x64(bool(_config(ds).get("x64", False))):  # the sweep's precision
-            init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
-            data = prob.sample(data_key)
-            pm = power_method(prob, data, prob.init(init_key)["U"], lr, pm_steps)
+            params, data = sample_run(prob, jax.random.PRNGKey(seed))
+            pm = power_method(prob, data, params["U"], lr, pm_steps)
         axes[1].plot(pm_steps, pm["angle"], "k--", lw=1, label="power method (seed 0)")
     for ax in axes:
         for e, name in zip(ends.values, _PHASES, strict=True):
