@@ -27,7 +27,17 @@ import optax
 
 from specdyn.problem import is_problem
 
-__all__ = ["RunState", "advance", "finish", "init_run", "record_steps", "sample_run", "simulate", "start_run"]
+__all__ = [
+    "RunState",
+    "advance",
+    "finish",
+    "init_run",
+    "record_metrics",
+    "record_steps",
+    "sample_run",
+    "simulate",
+    "start_run",
+]
 
 
 class RunState(NamedTuple):
@@ -71,7 +81,10 @@ def init_run(problem, optimizer: optax.GradientTransformation, key, data=None, p
     return start_run(optimizer, params), data
 
 
-def _record(problem, state: RunState, data) -> dict:
+def record_metrics(problem, state: RunState, data) -> dict:
+    """The record of a run at its current step: ``loss`` and the problem's metrics of
+    ``state.params`` (NaN once the run has diverged). Reads ``params``, ``step`` and
+    ``diverged_at`` only, never the optimizer's state."""
     out = dict(problem.metrics(state.params, data))
     if "loss" not in out:
         out = {"loss": problem.loss(state.params, data), **out}
@@ -109,7 +122,7 @@ def advance(problem, optimizer, state: RunState, data, *, records: int, record_e
         ), None
 
     def one_slot(state: RunState, _):
-        record = _record(problem, state, data)
+        record = record_metrics(problem, state, data)
         state, _ = jax.lax.scan(one_step, state, None, length=record_every)
         return state, record
 
@@ -137,7 +150,7 @@ def finish(problem, optimizer, state: RunState, data, *, steps: int, record_ever
     rest = steps % record_every
     if rest:
         return advance(problem, optimizer, state, data, records=1, record_every=rest, total_steps=steps)
-    return state, jax.tree.map(lambda x: x[None], _record(problem, state, data))
+    return state, jax.tree.map(lambda x: x[None], record_metrics(problem, state, data))
 
 
 def _simulate(problem, key, data, params, *, optimizer, steps, record_every):

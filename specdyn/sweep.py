@@ -40,12 +40,22 @@ from tqdm.auto import tqdm
 from specdyn.optimizers import OPTIMIZERS, get_optimizer
 from specdyn.problem import data_fields, is_problem, static_fields
 from specdyn.results import CellStore, coordinate_values
-from specdyn.simulate import advance, check_run_lengths, finish, record_steps, sample_run, start_run
+from specdyn.simulate import (
+    RunState,
+    advance,
+    check_run_lengths,
+    finish,
+    record_metrics,
+    record_steps,
+    sample_run,
+    start_run,
+)
 
 __all__ = ["TRACE_COUNTS", "sweep"]
 
-# How many times the step programs ("advance") and the program drawing initial
-# parameters and data ("draw") were traced (= compiled); tests assert on it.
+# How many times the step programs ("advance"), the program drawing initial parameters
+# and data ("draw") and the last-record program ("record") were traced (= compiled);
+# tests assert on it.
 TRACE_COUNTS: collections.Counter = collections.Counter()
 
 _TARGET_CHUNKS = 10  # progress granularity: about this many calls per batch
@@ -325,7 +335,7 @@ def _run_cell(problem, factory, lrs, seeds, data_grid, data_combos, *, steps, re
     n_batches = math.ceil(n_groups / size)
 
     shard = NamedSharding(Mesh(np.asarray(jax.local_devices()), ("runs",)), PartitionSpec("runs"))
-    draw = _draw_program(shard)
+    draw, record = _draw_program(shard), _record_program(shard)
     start, chunk_programs, finish_program = _programs(factory, lengths, record_every, steps, shard)
 
     outputs = []
@@ -340,7 +350,10 @@ def _run_cell(problem, factory, lrs, seeds, data_grid, data_combos, *, steps, re
             state, recs = chunk_programs[length](p_b, lr_values, state, data)
             chunks.append(jax.tree.map(np.asarray, recs))
             bar.update(real * length * record_every)
-        state, last = finish_program(p_b, lr_values, state, data)
+        if steps % record_every:  # the last record, then the leftover steps
+            state, last = finish_program(p_b, lr_values, state, data)
+        else:  # the last record alone: one program for every optimizer
+            last = record(p_b, state.params, state.step, state.diverged_at, data)
         chunks.append(jax.tree.map(np.asarray, last))
         bar.update(real * (steps % record_every))
         recs = {k: np.concatenate([ch[k] for ch in chunks], axis=2) for k in chunks[0]}
@@ -366,6 +379,25 @@ def _draw_program(shard):
     # halves it (the random draws' code) and computes the same values.
     options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
     return jax.jit(draw, out_shardings=shard, compiler_options=options)
+
+
+@functools.cache
+def _record_program(shard):
+    """The record of a batch of groups × learning rates (one slot); it reads parameters,
+    step and divergence, never the optimizer's state, so one program per problem shape
+    serves every optimizer."""
+
+    def record(problems, params, step, diverged_at, data):
+        TRACE_COUNTS["record"] += 1
+
+        def one(p, params, step, diverged_at, d):
+            state = RunState(params=params, opt_state=None, step=step, diverged_at=diverged_at)
+            return jax.tree.map(lambda x: x[None], record_metrics(p, state, d))
+
+        over_lrs = jax.vmap(one, in_axes=(None, 0, 0, 0, None))
+        return jax.vmap(over_lrs, in_axes=(0, 0, 0, 0, 0))(problems, params, step, diverged_at, data)
+
+    return jax.jit(record, out_shardings=shard)
 
 
 _PROGRAMS: dict = {}  # cell programs, reused by later sweeps with the same optimizer and lengths

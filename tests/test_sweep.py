@@ -105,18 +105,13 @@ def test_steps_not_a_multiple_of_record_every_equal_simulate():
             assert int(got["diverged_at"]) == int(out["diverged_at"])
 
 
-def test_data_drawn_by_one_program_for_all_optimizers():
+def test_data_and_last_record_by_one_program_for_all_optimizers():
     problem = sd.problems.MatrixLeastSquares(rows=6, cols=5, samples=11)  # shapes no other test uses
-    before = TRACE_COUNTS["draw"]
-    sweep(
-        problem,
-        optimizers=["gd", "specgd", "muon"],
-        learning_rates=[0.01],
-        seeds=2,
-        steps=2,
-        progress=False,
-    )
-    assert TRACE_COUNTS["draw"] - before == 1
+    before = TRACE_COUNTS.copy()
+    sweep(problem, optimizers=["gd", "specgd", "muon"], learning_rates=[0.01], seeds=2, steps=2, progress=False)
+    assert TRACE_COUNTS["draw"] - before["draw"] == 1
+    assert TRACE_COUNTS["record"] - before["record"] == 1
+    assert TRACE_COUNTS["advance"] - before["advance"] == 3
 
 
 def test_exploding_learning_rate_marks_only_that_run():
