@@ -1,6 +1,6 @@
 """The pure training core: one ``lax.scan`` over steps, no host round-trip per step.
 
-:func:`simulate` runs one problem with one optimizer. It is built from two pure
+:func:`simulate` runs one problem with one optimizer. It is built from pure
 pieces that :mod:`specdyn.sweep` vmaps and shards:
 
 * :func:`sample_run` — initial parameters and data from a key (no optimizer
