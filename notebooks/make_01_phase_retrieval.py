@@ -1,5 +1,5 @@
 """Generate notebooks/01_phase_retrieval.ipynb (no outputs): python notebooks/make_01_phase_retrieval.py"""
-import nbformat as nbf
+from _notebook import write_notebook
 
 cells = [
     ("md", "# 01 — Phase retrieval under anisotropy: GD vs SpecGD (PAPERS.md §1)\n"
@@ -96,14 +96,11 @@ cells = [
              "            A, B, C = a**2, b**2, c**2  # eigenvalues of m·M on θ, v and the d−2 bulk directions\n"
              "            align = A / np.sqrt(A**2 + B**2 + (d - 2) * C**2)\n"
              "            T.append(ex.escape_time(align, np.asarray(r['step'])))\n"
-             "        T = np.asarray(T); ok = np.isfinite(T)\n"
-             "        slope = np.polyfit(np.log(np.asarray(dims)[ok]), np.log(T[ok]), 1)[0]\n"
+             "        slope = sd.results.log_log_slope(dims, T)  # escape times that never came are left out\n"
              "        print(name, dict(zip(dims, T)), f'slope {slope:.2f}')\n"
              "        ax.loglog(dims, T, 'o-', label=f'{name} (slope {slope:.2f})')\n"
              "    ax.set(xlabel='dimension d', ylabel='escape step (alignment > 0.5)', title='reduced maps, λ=10'); ax.legend()\n"
              "    plt.show()\n"
              "print(f'notebook time {time.perf_counter() - t_start:.1f} s')"),
 ]
-nb = nbf.v4.new_notebook()
-nb.cells = [nbf.v4.new_markdown_cell(s) if k == "md" else nbf.v4.new_code_cell(s) for k, s in cells]
-nbf.write(nb, "notebooks/01_phase_retrieval.ipynb")
+write_notebook(cells, "notebooks/01_phase_retrieval.ipynb")

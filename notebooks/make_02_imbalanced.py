@@ -1,5 +1,5 @@
 """Generate notebooks/02_imbalanced.ipynb (no outputs): python notebooks/make_02_imbalanced.py"""
-import nbformat as nbf
+from _notebook import write_notebook
 
 cells = [
     ("md", "# 02 — Imbalanced data: per-component learning rates (PAPERS.md §2)\n"
@@ -29,7 +29,7 @@ cells = [
              "    out = sd.simulate(p, sd.spectral_gd(2e-3, method='svd'), key=jax.random.PRNGKey(0), steps=600)\n"
              "    star = np.asarray(red.components(p.class_priors(), 1.0, 0.3)[2])\n"
              "    T = np.argmax(np.asarray(out['alpha']) >= star, axis=0)\n"
-             "    print(f'depth {L}: fitted slope {np.polyfit(np.log(star), np.log(T), 1)[0]:.3f} (expected {1/L:.3f}); '\n"
+             "    print(f'depth {L}: fitted slope {sd.results.log_log_slope(star, T):.3f} (expected {1/L:.3f}); '\n"
              "          f'T_minority/T_majority = {T[-1]/T[0]:.2f}')"),
     ("md", "## Accuracy gap over training (long tail, cross-entropy), each optimizer at its best lr"),
     ("code", "k, d, n, steps = (20, 200, 2000, 2000) if FULL else (5, 10, 200, 60)\n"
@@ -51,6 +51,4 @@ cells = [
              "              'worst', r[name]['worst_accuracy'][:, -1].mean().round(3))\n"
              "ex.digits_figure(r); plt.show()"),
 ]
-nb = nbf.v4.new_notebook()
-nb.cells = [nbf.v4.new_markdown_cell(s) if k == "md" else nbf.v4.new_code_cell(s) for k, s in cells]
-nbf.write(nb, "notebooks/02_imbalanced.ipynb")
+write_notebook(cells, "notebooks/02_imbalanced.ipynb")

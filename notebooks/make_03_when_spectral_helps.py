@@ -1,5 +1,5 @@
 """Generate notebooks/03_when_spectral_helps.ipynb (no outputs): python notebooks/make_03_when_spectral_helps.py"""
-import nbformat as nbf
+from _notebook import write_notebook
 
 cells = [
     ("md", "# 03 — When spectral updates help (PAPERS.md §3)\n"
@@ -54,6 +54,4 @@ cells = [
     ("code", "ds6 = nw.char_lm('full' if FULL else 'smoke')   # 'full' is sized for a GPU; 'medium' takes minutes on a CPU\n"
              "nw.char_lm_figure(ds6); plt.show()"),
 ]
-nb = nbf.v4.new_notebook()
-nb.cells = [nbf.v4.new_markdown_cell(s) if k == "md" else nbf.v4.new_code_cell(s) for k, s in cells]
-nbf.write(nb, "notebooks/03_when_spectral_helps.ipynb")
+write_notebook(cells, "notebooks/03_when_spectral_helps.ipynb")

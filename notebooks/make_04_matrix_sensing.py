@@ -1,5 +1,5 @@
 """Generate notebooks/04_matrix_sensing.ipynb (no outputs): python notebooks/make_04_matrix_sensing.py"""
-import nbformat as nbf
+from _notebook import write_notebook
 
 cells = [
     ("md", "# 04 — Small random initialization ≈ spectral learning (PAPERS.md §4)\n"
@@ -44,6 +44,4 @@ cells = [
              "print(ds_m['test_error'].isel(step=-1, lr=0).mean('seed').to_pandas())\n"
              "ex.methods(ds_m); plt.show()"),
 ]
-nb = nbf.v4.new_notebook()
-nb.cells = [nbf.v4.new_markdown_cell(s) if k == "md" else nbf.v4.new_code_cell(s) for k, s in cells]
-nbf.write(nb, "notebooks/04_matrix_sensing.ipynb")
+write_notebook(cells, "notebooks/04_matrix_sensing.ipynb")
