@@ -1,9 +1,5 @@
 """specdyn: training dynamics under spectral gradient methods, in JAX."""
 
-from specdyn._cpu import guard_cpu_pool
-
-guard_cpu_pool()  # before any JAX work: see specdyn/_cpu.py (a jaxlib deadlock on few-core CPUs)
-
 from specdyn import problems
 from specdyn.diagnostics import frobenius_norm
 from specdyn.diagnostics import nuclear_norm

@@ -1,56 +1,69 @@
-"""A guard against a deadlock of jaxlib's batched LAPACK kernels on CPUs with few cores.
+"""One OpenBLAS thread on CPUs with few cores, while specdyn computes.
 
-jaxlib (0.10) runs a batched SVD/QR/eigh by scheduling chunks of the batch on
-XLA's intra-op thread pool and blocking until they finish. XLA also runs
-independent operations of one program concurrently on that pool. When as many
-batched LAPACK calls run at once as the pool has threads (two QRs, or the SVDs
-of two layers, on a 2-core machine), every worker blocks waiting for chunks
-that no free worker will run: the program never finishes.
+jaxlib's CPU SVD, eigh and QR run LAPACK in the OpenBLAS that scipy ships. XLA
+runs independent operations of one program side by side on its own threads
+(one per core), and each LAPACK call then wakes OpenBLAS's threads too (one per
+core again): on a 2-core machine four or more busy threads spin against each
+other. Measured on a loaded 2-core machine (README, "A note on CPUs with few
+cores"): a 100 × 100 float64 SVD took 117 ms with OpenBLAS's default threads
+against 4.8 ms with one (jaxlib 0.12), and a program running four batched
+factorizations side by side (tests/test_cpu_guard.py) did not finish in 45 s on
+any jaxlib version tried, 0.7 to 0.12 — on 0.10.2 it sometimes hangs for good, at
+0 % CPU — while with one OpenBLAS thread it finishes in seconds on all of them,
+with XLA keeping every core.
 
-With a one-thread pool the kernels run their batch inline and cannot deadlock.
-The pool's size is read from the process's CPU affinity when the CPU backend
-starts, so on machines with at most ``SPECDYN_POOL_GUARD_MAX_CPUS`` (default 4)
-cores, importing specdyn starts the backend while the process is pinned to one
-core, then restores the affinity. On those machines it also limits the BLAS
-thread pool (OpenBLAS, loaded through scipy, which runs jaxlib's CPU SVD/eigh)
-to one thread: its spinning threads oversubscribe a few busy cores (a 100 × 100
-float64 SVD measured 30 ms instead of 5 ms on a loaded 2-core machine).
-Set ``SPECDYN_POOL_GUARD=0`` to skip both.
-It does nothing once a JAX backend is running, under ``JAX_PLATFORMS`` other
-than cpu, or when a CUDA/ROCm plugin is installed.
+:func:`blas_threads_limited` is a context in which OpenBLAS runs one thread on
+a CPU with at most 4 cores (elsewhere it does nothing); ``sd.simulate`` and
+``sd.sweep`` compute inside it and restore the user's setting after.
+:func:`limit_blas_threads` sets the same for the rest of the process: the
+command line and the test suite call it, and a script that runs its own JAX
+linear algebra on such a machine may too. Nothing here runs at import.
+``SPECDYN_LIMIT_BLAS=0`` turns both off.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import os
 
+__all__ = ["blas_threads_limited", "few_cpu_cores", "limit_blas_threads"]
 
-def guard_cpu_pool() -> bool:
-    """Start JAX's CPU backend with a one-thread intra-op pool; True if it did."""
-    if os.environ.get("SPECDYN_POOL_GUARD", "1") == "0" or not hasattr(os, "sched_setaffinity"):
+_MAX_CPUS = 4
+_GPU_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm_plugin")
+
+
+@functools.cache
+def few_cpu_cores() -> bool:
+    """True when JAX computes on a CPU with at most 4 cores and ``SPECDYN_LIMIT_BLAS``
+    is not 0 (a GPU plugin, or ``JAX_PLATFORMS`` naming another platform, means False)."""
+    if os.environ.get("SPECDYN_LIMIT_BLAS", "1") == "0" or not hasattr(os, "sched_getaffinity"):
         return False
     platforms = os.environ.get("JAX_PLATFORMS", "cpu").lower()
     if platforms and platforms != "cpu":
         return False
-    if any(importlib.util.find_spec(p) for p in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm_plugin")):
+    if any(importlib.util.find_spec(p) for p in _GPU_PLUGINS):
         return False
-    cpus = os.sched_getaffinity(0)
-    if len(cpus) > int(os.environ.get("SPECDYN_POOL_GUARD_MAX_CPUS", "4")):
-        return False
-    from jax._src import xla_bridge
+    return len(os.sched_getaffinity(0)) <= _MAX_CPUS
 
-    if xla_bridge.backends_are_initialized():
-        return False
-    import jax
 
-    os.sched_setaffinity(0, {min(cpus)})
-    try:
-        jax.devices()
-    finally:
-        os.sched_setaffinity(0, cpus)
+def _one_blas_thread():
     import scipy.linalg  # noqa: F401  (loads the OpenBLAS that jaxlib's LAPACK kernels call)
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(1, user_api="blas")
+    return threadpool_limits(1, user_api="blas")
+
+
+def blas_threads_limited():
+    """A context in which OpenBLAS runs one thread on a few-core CPU (else does nothing);
+    the previous setting comes back on exit."""
+    return _one_blas_thread() if few_cpu_cores() else contextlib.nullcontext()
+
+
+def limit_blas_threads() -> bool:
+    """One OpenBLAS thread for the rest of the process on a few-core CPU; True if set."""
+    if not few_cpu_cores():
+        return False
+    _one_blas_thread()
     return True

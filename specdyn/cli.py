@@ -135,6 +135,9 @@ def _cmd_demo(args) -> None:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    from specdyn._cpu import limit_blas_threads
+
+    limit_blas_threads()  # one OpenBLAS thread on few-core CPUs (see specdyn/_cpu.py)
     commands = {"demo": _cmd_demo, "sweep": _cmd_sweep, "plot": _cmd_plot, "list": lambda a: _cmd_list()}
     try:
         commands[args.command](args)

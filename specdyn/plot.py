@@ -4,7 +4,9 @@
 one line per optimizer and learning rate (seed mean over runs that did not
 diverge, shaded between the seeds' min and max). Paper-specific figures live
 in :mod:`specdyn.experiments`; :func:`named_figure` finds them by
-``"<module>.<function>"``.
+``"<module>.<function>"``. Figures are :class:`matplotlib.figure.Figure` objects
+made without pyplot: drawing one never switches the matplotlib backend, so a
+notebook keeps its inline figures and a script can save them anywhere.
 """
 
 from __future__ import annotations
@@ -15,13 +17,11 @@ import math
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; notebooks pick their own backend before importing pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
-
-from specdyn.results import converged_runs  # noqa: E402
+from specdyn.results import converged_runs
 
 __all__ = ["named_figure", "plot_metric", "standard_figures"]
 
@@ -44,7 +44,7 @@ def _title(da: xr.DataArray, sel: dict) -> str:
     return ", ".join(parts)
 
 
-def plot_metric(ds: xr.Dataset, metric: str, *, logy: bool | None = None) -> plt.Figure:
+def plot_metric(ds: xr.Dataset, metric: str, *, logy: bool | None = None) -> Figure:
     """``metric`` against step, one panel per grid point (at most 12)."""
     if metric not in ds:
         raise ValueError(f"no metric {metric!r} in the results; have {sorted(ds.data_vars)}")
@@ -52,11 +52,12 @@ def plot_metric(ds: xr.Dataset, metric: str, *, logy: bool | None = None) -> plt
     panels = _panels(da)
     cols = min(len(panels), 4)
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
     values = da.values[np.isfinite(da.values)]
     if logy is None:
         logy = values.size > 0 and values.min() > 0 and values.max() / values.min() > 100
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     steps = ds["step"].values
     for ax, sel in zip(axes.flat, panels, strict=False):
         panel = da.isel(sel)
@@ -86,7 +87,7 @@ def plot_metric(ds: xr.Dataset, metric: str, *, logy: bool | None = None) -> plt
     return fig
 
 
-def named_figure(ds: xr.Dataset, name: str) -> plt.Figure:
+def named_figure(ds: xr.Dataset, name: str) -> Figure:
     """Call ``specdyn.experiments.<module>.<function>(ds)`` for ``name = "module.function"``."""
     module, _, function = name.rpartition(".")
     if not module:
@@ -101,6 +102,15 @@ def named_figure(ds: xr.Dataset, name: str) -> plt.Figure:
     return fn(ds)
 
 
+def _close(fig) -> None:
+    """Release a figure: pyplot's figures stay registered until closed; a bare
+    :class:`~matplotlib.figure.Figure` is freed with its last reference."""
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close(fig)
+
+
 def standard_figures(ds: xr.Dataset, out_dir, *, metrics=("loss",), figures=()) -> list[Path]:
     """Write one PNG per metric and per named figure into ``out_dir``; return the paths."""
     out_dir = Path(out_dir)
@@ -110,10 +120,10 @@ def standard_figures(ds: xr.Dataset, out_dir, *, metrics=("loss",), figures=()) 
         fig = plot_metric(ds, metric)
         paths.append(out_dir / f"{metric}.png")
         fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        _close(fig)
     for name in figures:
         fig = named_figure(ds, name)
         paths.append(out_dir / f"{name.replace('.', '-')}.png")
         fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        _close(fig)
     return paths

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from specdyn._cpu import blas_threads_limited
 from specdyn.problem import is_problem
 
 __all__ = [
@@ -191,9 +192,10 @@ def simulate(problem, optimizer, *, key, steps: int, record_every: int = 1, data
             f"optimizer must be an optax.GradientTransformation (e.g. sd.get_optimizer('gd', 0.1)), got {optimizer!r}"
         )
     check_run_lengths(steps, record_every)
-    state, records = _simulate_jit(
-        problem, key, data, params, optimizer=optimizer, steps=int(steps), record_every=int(record_every)
-    )
+    with blas_threads_limited():
+        state, records = jax.block_until_ready(
+            _simulate_jit(problem, key, data, params, optimizer=optimizer, steps=int(steps), record_every=int(record_every))
+        )
     out = {"step": jnp.asarray(record_steps(steps, record_every))}
     out.update(records)
     out["diverged_at"] = state.diverged_at

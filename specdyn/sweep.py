@@ -37,6 +37,7 @@ import xarray as xr
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from specdyn._cpu import blas_threads_limited
 from specdyn.optimizers import OPTIMIZERS, get_optimizer
 from specdyn.problem import data_fields, is_problem, static_fields
 from specdyn.results import CellStore, coordinate_values
@@ -261,18 +262,19 @@ def sweep(
                 bar.update(n_runs * steps)
                 continue
             cell_problem = dataclasses.replace(problem, **dict(zip(static_grid, static_values, strict=True)))
-            arrays = _run_cell(
-                cell_problem,
-                factories[name],
-                lrs[name],
-                seed_list,
-                data_grid,
-                data_combos,
-                steps=int(steps),
-                record_every=int(record_every),
-                batch_size=batch_size,
-                bar=bar,
-            )
+            with blas_threads_limited():
+                arrays = _run_cell(
+                    cell_problem,
+                    factories[name],
+                    lrs[name],
+                    seed_list,
+                    data_grid,
+                    data_combos,
+                    steps=int(steps),
+                    record_every=int(record_every),
+                    batch_size=batch_size,
+                    bar=bar,
+                )
             if cell_store is not None:
                 cell_store.save(index, arrays)
             results.append(arrays)
