@@ -47,7 +47,7 @@ BAD = [
     ("bogus = 1\n" + GOOD, "unknown key 'bogus'"),
     (GOOD.replace("steps = 6", 'steps = "six"'), "key 'steps' must be an integer, got 'six'"),
     (GOOD.replace("steps = 6", "steps = 0"), "key 'steps' must be >= 1, got 0"),
-    (GOOD.replace('"matrix_least_squares"', '"nope"'), "unknown problem name='nope'"),
+    (GOOD.replace('"matrix_least_squares"', '"nope"'), "unknown problem 'nope'"),
     (GOOD.replace('["gd", "specgd"]', '["gd", "sgdx"]'), "unknown optimizer 'sgdx'"),
     (GOOD.replace("rows = 4", "rowz = 4"), "unknown field 'rowz'"),
     (GOOD.replace("noise = [0.0, 0.1]", "noise = [-1.0]"), "noise=-1.0"),
