@@ -461,7 +461,11 @@ def _cmd_demo(args) -> None:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    """Run the command; return its exit code (2 for bad input, 130 when interrupted)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as done:  # --help (0) or a bad argument (2, one line already printed)
+        return done.code if isinstance(done.code, int) else 2
     commands = {"demo": _cmd_demo, "sweep": _cmd_sweep, "plot": _cmd_plot, "list": _cmd_list}
     try:
         commands[args.command](args)

@@ -298,6 +298,8 @@ def _optimizer_names(f: _File, names: list) -> list:
 
 
 def _check_data_value(f: _File, problem_cls, name: str, value, label: str) -> None:
+    if isinstance(value, dict):
+        f.fail(f"{label} must be a value or an array, not a table, got {show_value(value)}")
     if name in data_fields(problem_cls) and not _is_number(value):
         f.fail(f"{label} must be a number, got {show_value(value)}")
 
@@ -315,8 +317,10 @@ def _problem_and_grid(f: _File, problem_cls, fields: dict, grid_raw: dict):
     grid = {}
     for key, values in grid_raw.items():
         label = f"field {key} in {f.table('grid', key)}"
-        if not isinstance(values, list) or not values:
-            f.fail(f"{label} must be a non-empty array of values, got {show_value(values)}")
+        if values == []:
+            f.fail(f"{label} is an empty array; give at least one value")
+        if not isinstance(values, list):
+            f.fail(f"{label} must be an array of values, got {show_value(values)}")
         for v in values:
             _check_data_value(f, problem_cls, key, v, f"each value of {label}")
         values = [_field_value(v) for v in values]
@@ -400,8 +404,10 @@ def _optimizers(f: _File, names: list, options: dict) -> dict:
 
 
 def _rate_list(f: _File, values, label: str) -> list:
-    if not isinstance(values, list) or not values:
-        f.fail(f"{label} must be a non-empty array of learning rates, got {show_value(values)}")
+    if values == []:
+        f.fail(f"{label} is an empty array; give at least one learning rate")
+    if not isinstance(values, list):
+        f.fail(f"{label} must be an array of learning rates, got {show_value(values)}")
     for v in values:
         if not (_is_number(v) and math.isfinite(v) and v > 0):
             f.fail(f"{label}: a learning rate must be a finite number > 0, got {show_value(v)}")
@@ -436,7 +442,7 @@ def _seeds(f: _File, seeds):
             f.fail(f"{label} must be a count >= 1 or an array of seeds, got {seeds}")
         return seeds
     if not seeds:
-        f.fail(f"{label} must be a count >= 1 or a non-empty array of seeds, got []")
+        f.fail(f"{label} is an empty array; give a count >= 1 or at least one seed")
     for s in seeds:
         if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < _MAX_SEED:
             f.fail(f"{label}: each seed must be an integer in [0, 2**32), got {show_value(s)}")
