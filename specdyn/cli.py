@@ -320,6 +320,9 @@ def _summary(ds, metric: str = "loss") -> str:
             lr = float(ds["learning_rate"].sel(optimizer=opt).values[best])
             values = final.sel(optimizer=opt).isel(point).isel(lr=best).values
             values = values[np.isfinite(values)]
+            if values.size == 0:
+                rows.append([*labels, str(opt), f"{lr:.4g}", "no finite value", "", diverged])
+                continue
             rows.append([
                 *labels, str(opt), f"{lr:.4g}", f"{np.median(values):.4g}",
                 f"[{values.min():.4g}, {values.max():.4g}]", diverged,
@@ -472,6 +475,9 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"specdyn: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `specdyn list | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as err:  # a path the command could not use: name it
         print(f"specdyn: error: {_one_line(_os_message(err))}", file=sys.stderr)
         return 2
