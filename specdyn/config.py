@@ -297,11 +297,48 @@ def _optimizer_names(f: _File, names: list) -> list:
     return names
 
 
-def _check_data_value(f: _File, problem_cls, name: str, value, label: str) -> None:
+_DECLARED = {
+    "int": (int, "an integer"),
+    "float": (numbers.Real, "a number"),
+    "str": (str, "a string"),
+    "bool": (bool, "true or false"),
+    "None": (type(None), '"none"'),
+}
+
+
+def _type_problem(value, annotation, default=inspect.Parameter.empty) -> str | None:
+    """``"must be an integer or \"none\""`` when ``value`` does not fit the declared type (an
+    annotation such as ``int | None``, else the type of the default), None when it fits or
+    when nothing is declared."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    parts = [p.strip() for p in text.split("|")] if text else []
+    if not parts or not all(p in _DECLARED for p in parts):
+        parts = (
+            ["bool"] if isinstance(default, bool)
+            else ["float"] if _is_number(default)
+            else ["str"] if isinstance(default, str)
+            else []
+        )
+    if not parts:
+        return None
+    for part in parts:
+        kind = _DECLARED[part][0]
+        if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+            return None
+    return "must be " + " or ".join(_DECLARED[p][1] for p in parts)
+
+
+def _check_field_value(f: _File, problem_cls, name: str, value, label: str) -> None:
     if isinstance(value, dict):
         f.fail(f"{label} must be a value or an array, not a table, got {show_value(value)}")
-    if name in data_fields(problem_cls) and not _is_number(value):
-        f.fail(f"{label} must be a number, got {show_value(value)}")
+    if name in data_fields(problem_cls):
+        if not _is_number(value):
+            f.fail(f"{label} must be a number, got {show_value(value)}")
+        return
+    field = next(x for x in dataclasses.fields(problem_cls) if x.name == name)
+    wrong = _type_problem(_field_value(value), field.type)
+    if wrong:
+        f.fail(f"{label} {wrong}, got {show_value(value)}")
 
 
 def _problem_and_grid(f: _File, problem_cls, fields: dict, grid_raw: dict):
@@ -313,7 +350,7 @@ def _problem_and_grid(f: _File, problem_cls, fields: dict, grid_raw: dict):
                 f"(fields: {', '.join(known)})"
             )
     for key, value in fields.items():
-        _check_data_value(f, problem_cls, key, value, f"field {key} in {f.table('fields', key)}")
+        _check_field_value(f, problem_cls, key, value, f"field {key} in {f.table('fields', key)}")
     grid = {}
     for key, values in grid_raw.items():
         label = f"field {key} in {f.table('grid', key)}"
@@ -322,7 +359,7 @@ def _problem_and_grid(f: _File, problem_cls, fields: dict, grid_raw: dict):
         if not isinstance(values, list):
             f.fail(f"{label} must be an array of values, got {show_value(values)}")
         for v in values:
-            _check_data_value(f, problem_cls, key, v, f"each value of {label}")
+            _check_field_value(f, problem_cls, key, v, f"each value of {label}")
         values = [_field_value(v) for v in values]
         dup = _duplicate(values)
         if dup is not None:
@@ -331,8 +368,8 @@ def _problem_and_grid(f: _File, problem_cls, fields: dict, grid_raw: dict):
     try:
         problem = problem_cls(**{k: _field_value(v) for k, v in fields.items()})
     except (ValueError, TypeError) as err:
-        merged = f.smoke is not None and "fields" in f.smoke and "fields" in f.data and fields != f.smoke["fields"]
-        f.fail(f"{'[fields] with [smoke.fields] merged' if merged else f.table('fields')}: {err}")
+        named = str(err).split(" ", 1)[0]  # validation messages start with the field's name
+        f.fail(f"{f.table('fields', named if named in fields else '')}: {err}")
     points = itertools.islice(itertools.product(*grid.values()), _MAX_CHECKED_GRID_POINTS)
     for point in points:
         values = dict(zip(grid, point, strict=True))
@@ -380,20 +417,10 @@ def _optimizers(f: _File, names: list, options: dict) -> dict:
             if key not in allowed:
                 known = ", ".join(allowed) or "none"
                 f.fail(f"unknown option {key!r} in {label} (options of {name}: {known})")
-            default = allowed[key].default
-            want = (
-                bool if isinstance(default, bool)
-                else numbers.Real if _is_number(default)
-                else str if isinstance(default, str)
-                else None
-            )
             value = _field_value(value)
-            wrong = want is not None and not (
-                isinstance(value, want) and (want is bool or not isinstance(value, bool))
-            )
+            wrong = _type_problem(value, allowed[key].annotation, allowed[key].default)
             if wrong:
-                kind = {bool: "true or false", numbers.Real: "a number", str: "a string"}[want]
-                f.fail(f"option {key} in {label} must be {kind}, got {show_value(value)}")
+                f.fail(f"option {key} in {label} {wrong}, got {show_value(value)}")
             opts[key] = value
         try:
             get_optimizer(name, 0.1, **opts)  # validate the options now

@@ -315,6 +315,10 @@ def test_a_toml_user_is_told_about_toml_keys(tmp_path, capsys):
         ("rows = 4", "rows = { a = 1 }", "field rows in [fields] must be a value or an array, not a table"),
         ("[plot]", '[options.specgd]\nmethod = 3\n[plot]', "option method in [options.specgd] must be a string, got 3"),
         ("[plot]", "[options.specgd]\nstepz = 3\n[plot]", "unknown option 'stepz' in [options.specgd]"),
+        ("[plot]", '[options.specgd]\nmethod = "newton_schulz"\nsteps = "five"\n[plot]',
+         "option steps in [options.specgd] must be an integer or \"none\", got 'five'"),
+        ("rows = 4", "rows = 4.5", "field rows in [fields] must be an integer, got 4.5"),
+        ("samples = 6", "samples = 0", "[smoke.fields]: samples must be a positive integer"),
         ("[plot]", "[options.gd]\nlearning_rate = 3\n[plot]", "learning rates go in key 'learning_rates'"),
     ],
 )
