@@ -92,33 +92,36 @@ def _check_path_text(path, option: str) -> Path:
     return Path(text)
 
 
-def _output_folder(out, *, create: bool, option: str = "--out") -> Path:
-    """The folder results go to, checked before anything runs (made and probed with ``create``)."""
-    out = _check_path_text(out, option)
-    with _doing(f"use the output folder ({option})"):
+def _output_folder(out, *, create: bool, label: str | None = None) -> Path:
+    """The folder results go to, checked before anything runs (made and probed with ``create``).
+    ``label`` names it in messages (default: ``--out <out>``)."""
+    out = _check_path_text(out, "--out")
+    label = label or f"--out {out}"
+    with _doing("use the output folder"):
         if out.exists() and not out.is_dir():
-            raise ValueError(f"{option} {out} is a file, not a folder")
+            raise ValueError(f"{label} is a file, not a folder")
         existing = out
         while not existing.exists():
             existing = existing.parent
         if not existing.is_dir():
-            raise ValueError(f"{option} {out} cannot be a folder: {existing} is a file")
+            raise ValueError(f"{label} cannot be made: {existing} is a file")
     if not create:
         if not os.access(existing, os.W_OK | os.X_OK):
-            raise ValueError(f"{option} {out}: cannot write to {existing} (permission denied)")
+            raise ValueError(f"{label} cannot be made: no permission to write to {existing}")
         return out
-    with _doing(f"create the output folder ({option})"):
+    with _doing("create the output folder"):
         out.mkdir(parents=True, exist_ok=True)
-    with _doing(f"write to the output folder ({option})"):
+    with _doing("write to the output folder"):
         tempfile.TemporaryFile(dir=out).close()
     return out
 
 
-def _output_file(path, *, option: str = "--out") -> Path:
-    path = _check_path_text(path, option)
+def _output_file(path) -> Path:
+    """A file to write (``plot --out``), its folder made and probed."""
+    path = _check_path_text(path, "--out")
     if path.is_dir():
-        raise ValueError(f"{option} {path} is a folder; give a file name, e.g. {path / 'figure.png'}")
-    _output_folder(path.parent, create=True, option=f"{option} {path}: its folder")
+        raise ValueError(f"--out {path} is a folder; give a file name, e.g. {path / 'figure.png'}")
+    _output_folder(path.parent, create=True, label=f"the folder of --out {path}")
     return path
 
 
@@ -358,7 +361,10 @@ def _cmd_sweep(args) -> None:
     with _doing("read the sweep file"):
         spec = load_sweep_file(file, smoke=args.smoke)
     default = Path("out") / file.resolve().parent.name / f"{spec.name}{'-smoke' if args.smoke else ''}"
-    out = _output_folder(args.out if args.out is not None else default, create=not args.check)
+    if args.out is not None:
+        out = _output_folder(args.out, create=not args.check)
+    else:
+        out = _output_folder(default, create=not args.check, label=f"the output folder {default}")
     size = " (smoke size)" if args.smoke else ""
     if args.check:
         print(

@@ -107,7 +107,18 @@ def test_out_naming_an_existing_file(sweep_file, tmp_path, capsys, no_run):
 def test_out_below_a_file_is_impossible(sweep_file, tmp_path, capsys, no_run):
     (tmp_path / "taken").write_text("x")
     target = tmp_path / "taken" / "sub"
-    fails(["sweep", sweep_file(), "--out", str(target)], capsys, target, "taken is a file")
+    fails(["sweep", sweep_file(), "--out", str(target)], capsys, target, "cannot be made", "taken is a file")
+
+
+def test_the_default_output_folder_is_checked_too(sweep_file, tmp_path, capsys, monkeypatch, no_run):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").write_text("x")  # the default is out/<folder>/<file name>
+    fails(["sweep", sweep_file()], capsys, "the output folder out/", "out is a file")
+
+
+def test_demo_out_is_checked_before_running(tmp_path, capsys):
+    (tmp_path / "taken").write_text("x")
+    fails(["demo", "--out", str(tmp_path / "taken")], capsys, tmp_path / "taken", "is a file, not a folder")
 
 
 def test_out_with_a_nul_byte_or_too_long_a_name(sweep_file, tmp_path, capsys, no_run):
@@ -181,7 +192,10 @@ def test_plot_out_errors(tmp_path, capsys):
     fake_results(results)
     fails(["plot", str(results), "--metric", "loss", "--out", str(tmp_path)], capsys, tmp_path, "is a folder")
     (tmp_path / "f").write_text("x")
-    fails(["plot", str(results), "--metric", "loss", "--out", str(tmp_path / "f" / "a.png")], capsys, tmp_path / "f")
+    fails(
+        ["plot", str(results), "--metric", "loss", "--out", str(tmp_path / "f" / "a.png")],
+        capsys, "the folder of --out", tmp_path / "f" / "a.png", "is a file, not a folder",
+    )
 
 
 def test_path_errors_through_the_real_command_have_no_traceback(tmp_path):
