@@ -168,6 +168,13 @@ def test_sweep_on_an_unreadable_file(sweep_file, capsys, monkeypatch):
     fails(["sweep", path], capsys, path, "cannot read the sweep file", "Permission denied")
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads anything")
+def test_sweep_on_a_file_without_read_permission(sweep_file, capsys):
+    path = sweep_file()
+    os.chmod(path, 0)
+    fails(["sweep", path], capsys, path, "cannot read the sweep file")
+
+
 @pytest.mark.parametrize("content", [b"", b"hello, not netCDF", bytes(range(256))], ids=["empty", "text", "binary"])
 def test_plot_on_a_file_that_is_not_results(tmp_path, capsys, content):
     path = tmp_path / "results.nc"
