@@ -369,7 +369,8 @@ def _cmd_sweep(args) -> None:
     if args.check:
         print(
             f"ok: {file}{size}: problem {type(spec.problem).__name__}, {spec.runs} runs of {spec.steps} steps "
-            f"in {spec.cells} compiled cells; [smoke] and [plot] valid; would write {out}"
+            f"in {spec.cells} compiled cells; plots {', '.join(spec.metrics + spec.figures) or 'nothing'}; "
+            f"would write {out}"
         )
         return
     from specdyn.plot import standard_figures
