@@ -161,7 +161,7 @@ def _write(tmp, name, text) -> Path:
     return file
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_files())
 def test_a_mutated_sweep_file_exits_0_or_2_with_one_line(case):
     """Validation only (--check): what a run would refuse at load, refused here, named."""
@@ -172,7 +172,7 @@ def test_a_mutated_sweep_file_exits_0_or_2_with_one_line(case):
     assert_clean_outcome(code, err, str(file))
 
 
-@settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_files(sources=[TINY]))
 def test_a_mutated_tiny_sweep_runs_or_exits_2_with_one_line(case):
     """The same property through a real smoke run (the engine's own checks included)."""
