@@ -1,23 +1,38 @@
 """The ``specdyn`` command: ``demo``, ``sweep``, ``plot``, ``list``.
 
-Bad input (a missing file, an unknown key, a wrong type, an unknown problem or
-optimizer) prints one line naming the key and value and exits with code 2,
-without a traceback.
+Bad input — a sweep file with a wrong key or value, an unknown problem, optimizer,
+metric or figure, a path that cannot be read or written — prints one line naming
+what is wrong (the file, the key, the path) and exits with code 2, without a
+traceback. Sweep files are validated whole (``[smoke]`` and ``[plot]`` included)
+and the output folder is checked before anything runs; ``specdyn sweep FILE
+--check`` does only that.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
+import os
+import re
 import sys
+import tempfile
+import textwrap
 import time
 from pathlib import Path
 
 __all__ = ["main"]
 
+_WIDTH = 100  # `specdyn list` and the summary fit this many columns
+_SUMMARY_ROWS = 40
+
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # `--smok` is an error, not `--smoke`
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # argparse exits 2 too; keep the one-line form
         self.exit(2, f"specdyn: error: {message}\n")
 
@@ -33,46 +48,308 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--smoke", action="store_true", help="apply the file's [smoke] sizes (seconds)")
     sw.add_argument("--fresh", action="store_true", help="discard finished cells instead of resuming")
     sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sw.add_argument(
+        "--check", action="store_true", help="validate the file and the output folder, then stop (runs nothing)"
+    )
     pl = sub.add_parser("plot", help="plot one metric of a results file")
     pl.add_argument("results", help="a results.nc written by `specdyn sweep`")
-    pl.add_argument("--metric", required=True, help="metric to plot against step")
+    pl.add_argument("--metric", required=True, help="metric to plot against step (an unknown one lists them)")
     pl.add_argument("--out", help="PNG path (default: beside the results, <metric>.png)")
     sub.add_parser("list", help="problems, optimizers and their parameters")
     return parser
 
 
-def _cmd_list() -> None:
+# ---------------------------------------------------------------- errors and paths
+
+
+@contextlib.contextmanager
+def _doing(action: str):
+    """Turn an OSError into a one-line ValueError: ``cannot <action> <path>: <reason>``."""
+    try:
+        yield
+    except OSError as err:
+        raise ValueError(_os_message(err, action)) from None
+
+
+def _os_message(err: OSError, action: str | None = None) -> str:
+    reason = err.strerror or str(err)
+    if err.filename is None:
+        return f"cannot {action}: {reason}" if action else reason
+    path = os.fsdecode(err.filename)
+    if err.filename2 is not None:
+        path += f" -> {os.fsdecode(err.filename2)}"
+    return f"cannot {action} {path}: {reason}" if action else f"{path}: {reason}"
+
+
+def _one_line(message: str) -> str:
+    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+def _check_path_text(path, option: str) -> Path:
+    text = os.fspath(path)
+    if "\0" in text:
+        raise ValueError(f"{option} {text!r} is not a valid path (it contains a NUL byte)")
+    return Path(text)
+
+
+def _output_folder(out, *, create: bool, label: str | None = None) -> Path:
+    """The folder results go to, checked before anything runs (made and probed with ``create``).
+    ``label`` names it in messages (default: ``--out <out>``)."""
+    out = _check_path_text(out, "--out")
+    label = label or f"--out {out}"
+    with _doing("use the output folder"):
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"{label} is a file, not a folder")
+        existing = out
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ValueError(f"{label} cannot be made: {existing} is a file")
+    if not create:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"{label} cannot be made: no permission to write to {existing}")
+        return out
+    with _doing("create the output folder"):
+        out.mkdir(parents=True, exist_ok=True)
+    with _doing("write to the output folder"):
+        tempfile.TemporaryFile(dir=out).close()
+    return out
+
+
+def _output_file(path) -> Path:
+    """A file to write (``plot --out``), its folder made and probed."""
+    path = _check_path_text(path, "--out")
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder; give a file name, e.g. {path / 'figure.png'}")
+    _output_folder(path.parent, create=True, label=f"the folder of --out {path}")
+    return path
+
+
+# ---------------------------------------------------------------- list
+
+
+def _toml_value(value) -> str:
+    from specdyn.config import show_value
+
+    if isinstance(value, str):
+        return f'"{value}"'
+    return show_value(value)
+
+
+def _choices_from_message(message: str) -> tuple | None:
+    """The allowed values a validation message lists: ``... one of ('a', 'b') ...``."""
+    import ast
+
+    match = re.search(r"one of (\(.*?\)|\[.*?\])", message)
+    if not match:
+        return None
+    try:
+        values = ast.literal_eval(match.group(1))
+    except (ValueError, SyntaxError):
+        return None
+    return tuple(values) if all(isinstance(v, str) for v in values) else None
+
+
+def _field_choices(cls, name: str) -> tuple | None:
+    """Allowed values of a string field: the class's ``field_choices`` if it declares them,
+    else those its validation lists when given a value it must refuse."""
+    declared = getattr(cls, "field_choices", None)
+    if isinstance(declared, dict) and name in declared:
+        return tuple(declared[name])
+    try:
+        cls(**{name: "\x00?"})
+    except (ValueError, TypeError) as err:
+        return _choices_from_message(str(err))
+    return None
+
+
+def _option_choices(name: str, option: str) -> tuple | None:
+    from specdyn.optimizers import get_optimizer
+
+    try:
+        get_optimizer(name, 0.1, **{option: "\x00?"})
+    except (ValueError, TypeError) as err:
+        return _choices_from_message(str(err))
+    return None
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """The end-of-line comment of each field in the class source (``dim: int = static(32)  # d``)."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    comments = {}
+    for line in source.splitlines():
+        match = re.match(r"\s+(\w+)\s*:[^#]*=[^#]*#\s*(.+)$", line)
+        if match:
+            comments.setdefault(match.group(1), match.group(2).strip())
+    return comments
+
+
+def _first_line(obj) -> str:
+    """The first line of a docstring, without reStructuredText markup."""
+    doc = (inspect.getdoc(obj) or "").strip()
+    line = doc.splitlines()[0] if doc else ""
+    return re.sub(r":\w+:`~?([^`]*)`", r"\1", line).replace("``", "")
+
+
+def _wrap_items(label: str, items: list[str], indent: str = "  ") -> list[str]:
+    """``label item, item, ...`` wrapped at the width, never inside an item."""
+    lines, line = [], indent + label
+    for i, item in enumerate(items):
+        text = item + ("," if i < len(items) - 1 else "")
+        if len(line) + 1 + len(text) > _WIDTH and line.strip():
+            lines.append(line)
+            line = indent + "  " + text
+        else:
+            line += (" " if line.strip() else "") + text
+    return [*lines, line]
+
+
+def _wrap(text: str, indent: str, width: int = _WIDTH) -> list[str]:
+    return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent + "  ") or [indent]
+
+
+def _type_text(annotation) -> str:
+    if isinstance(annotation, str):
+        return annotation
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _list_text() -> str:
+    from specdyn.config import optimizer_options
     from specdyn.optimizers import OPTIMIZERS
     from specdyn.problem import static_fields
     from specdyn.problems import get_problem, problem_names
 
-    print("problems (static fields make compiled cells; the others are swept without recompiling):")
+    lines = [
+        "Problems: set fields in [fields], sweep them in [grid]. A static field gets one compiled",
+        "program per value; a data field is swept without recompiling. TOML writes None as \"none\".",
+    ]
     for name in problem_names():
         cls = get_problem(name)
-        print(f"  {name}  ({cls.__name__})")
+        lines.append("")
+        lines += _wrap(f"{name} ({cls.__name__}): {_first_line(cls)}", "")
+        comments = _field_comments(cls)
+        rows = []
         for f in dataclasses.fields(cls):
             kind = "static" if f.name in static_fields(cls) else "data"
-            print(f"      {f.name} = {f.default!r}  [{kind}]")
-    print("optimizers:")
+            notes = comments.get(f.name, "")
+            if isinstance(f.default, str):
+                choices = _field_choices(cls, f.name)
+                if choices:
+                    notes = f"one of {', '.join(choices)}" + (f"; {notes}" if notes else "")
+            rows.append((f.name, _type_text(f.type), _toml_value(f.default), kind, notes))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for row in rows:
+            head = "  " + "  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  "
+            notes = textwrap.wrap(row[4], max(_WIDTH - len(head), 30)) or [""]
+            lines.append(head + notes[0])
+            lines += [" " * len(head) + part for part in notes[1:]]
+    lines += [
+        "",
+        "Optimizers: learning rates go in learning_rates; options in [options.<name>].",
+    ]
     for name, factory in OPTIMIZERS.items():
-        params = [str(p) for n, p in inspect.signature(factory).parameters.items() if n != "learning_rate"]
-        print(f"  {name}  ({factory.__name__}): learning_rate, {', '.join(params) or '-'}")
+        lines.append("")
+        lines += _wrap(f"{name} ({factory.__name__}): {_first_line(factory)}", "")
+        own = inspect.signature(factory).parameters
+        parts, polar = [], []
+        for option, p in optimizer_options(name).items():
+            default = "" if p.default is inspect.Parameter.empty else f" = {_toml_value(p.default)}"
+            choices = _option_choices(name, option) if isinstance(p.default, str) else None
+            text = f"{option}{default}" + (f" (one of {', '.join(choices)})" if choices else "")
+            (parts if option in own else polar).append(text)
+        if not parts and not polar:
+            lines.append("  no options")
+        if parts:
+            lines += _wrap_items("options:", parts)
+        if polar:
+            lines += _wrap_items("polar options (**polar_kwargs, passed to scale_by_polar):", polar)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cmd_list(args) -> None:
+    print(_list_text())
+
+
+# ---------------------------------------------------------------- sweep
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float) or type(value).__name__.startswith("float"):
+        return f"{float(value):.4g}"
+    return str(value.item() if hasattr(value, "item") else value)
 
 
 def _summary(ds, metric: str = "loss") -> str:
+    """Per optimizer (and grid point): its best learning rate by specdyn's rule, then the
+    median and range over seeds of ``metric`` at the last recorded step."""
     import numpy as np
 
-    lines = [f"{'optimizer':<10} {'lr':>10} {'final ' + metric:>14} {'diverged':>9}"]
+    from specdyn.results import converged_runs, learning_rate_scores
+
+    scores = learning_rate_scores(ds, metric, mode="min", rule="final")
     final = ds[metric].isel(step=-1)
     extra = [d for d in final.dims if d not in ds["diverged_at"].dims]
-    final = final.mean(extra) if extra else final
-    for opt in ds["optimizer"].values:
-        for i, lr in enumerate(ds["learning_rate"].sel(optimizer=opt).values):
-            runs = final.sel(optimizer=opt).isel(lr=i)
-            div = ds["diverged_at"].sel(optimizer=opt).isel(lr=i) >= 0
-            value = float(runs.where(~div).mean()) if (~div).any() else float("nan")
-            lines.append(f"{opt:<10} {lr:>10.4g} {value:>14.5g} {int(div.sum()):>4}/{int(np.prod(div.shape))}")
+    if extra:
+        final = final.mean(extra)
+    ok = converged_runs(ds)
+    grid_dims = [d for d in ds["diverged_at"].dims if d not in ("optimizer", "lr", "seed")]
+    n_seeds = ds.sizes["seed"]
+    last = int(ds["step"].values[-1])
+    lines = [
+        f"{metric} at the last recorded step ({last}), per optimizer at its best learning rate:",
+        f"best = the lowest seed-mean final {metric} among rates where no seed diverged;",
+        f"median and [min, max] over the {n_seeds} seed{'s' if n_seeds != 1 else ''}; "
+        "diverged = runs of that optimizer (all rates) that diverged",
+    ]
+    header = [*grid_dims, "optimizer", "best lr", f"median {metric}", "[min, max]", "diverged"]
+    rows = []
+    points = [dict()] if not grid_dims else [
+        dict(zip(grid_dims, idx, strict=True)) for idx in np.ndindex(*(ds.sizes[d] for d in grid_dims))
+    ]
+    for point in points:
+        labels = [_fmt(ds[d].values[i]) if d in ds.coords else str(i) for d, i in point.items()]
+        for opt in ds["optimizer"].values:
+            score = scores.sel(optimizer=opt).isel(point)
+            div = ~ok.sel(optimizer=opt).isel(point)
+            diverged = f"{int(div.sum())}/{int(div.size)}"
+            if bool(score.isnull().all()):
+                rows.append([*labels, str(opt), "-", "every rate diverged in some seed", "", diverged])
+                continue
+            best = int(score.fillna(np.inf).argmin("lr"))
+            lr = float(ds["learning_rate"].sel(optimizer=opt).values[best])
+            values = final.sel(optimizer=opt).isel(point).isel(lr=best).values
+            values = values[np.isfinite(values)]
+            if values.size == 0:
+                rows.append([*labels, str(opt), f"{lr:.4g}", "no finite value", "", diverged])
+                continue
+            rows.append([
+                *labels, str(opt), f"{lr:.4g}", f"{np.median(values):.4g}",
+                f"[{values.min():.4g}, {values.max():.4g}]", diverged,
+            ])
+    shown = rows[:_SUMMARY_ROWS]
+    widths = [max(len(r[i]) for r in [header, *shown]) for i in range(len(header))]
+    for row in [header, *shown]:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if len(rows) > len(shown):
+        lines.append(f"... {len(rows) - len(shown)} more rows: read the results file for all of them")
     return "\n".join(lines)
+
+
+def _store_line(ds, store: Path) -> str | None:
+    """How many cells a resumed run took from the store, when the engine says so."""
+    resumed = ds.attrs.get("cells_from_store")
+    total = ds.attrs.get("cells")
+    if resumed is None:
+        return None
+    resumed = int(resumed)
+    of = f" of {int(total)}" if total is not None else ""
+    if resumed == 0:
+        return None
+    return f"resumed: {resumed}{of} cells came from the store {store} (finished earlier; --fresh reruns them)"
 
 
 def _cmd_sweep(args) -> None:
@@ -80,51 +357,111 @@ def _cmd_sweep(args) -> None:
 
     from specdyn.config import load_sweep_file
 
-    spec = load_sweep_file(args.file, smoke=args.smoke)
-    default = Path("out") / Path(args.file).resolve().parent.name / f"{spec.name}{'-smoke' if args.smoke else ''}"
-    out = Path(args.out) if args.out else default
-    if spec.x64:
-        jax.config.update("jax_enable_x64", True)
+    file = _check_path_text(args.file, "sweep file")
+    with _doing("read the sweep file"):
+        spec = load_sweep_file(file, smoke=args.smoke)
+    default = Path("out") / file.resolve().parent.name / f"{spec.name}{'-smoke' if args.smoke else ''}"
+    if args.out is not None:
+        out = _output_folder(args.out, create=not args.check)
+    else:
+        out = _output_folder(default, create=not args.check, label=f"the output folder {default}")
+    size = " (smoke size)" if args.smoke else ""
+    if args.check:
+        print(
+            f"ok: {file}{size}: problem {type(spec.problem).__name__}, {spec.runs} runs of {spec.steps} steps "
+            f"in {spec.cells} compiled cells; plots {', '.join(spec.metrics + spec.figures) or 'nothing'}; "
+            f"would write {out}"
+        )
+        return
     from specdyn.plot import standard_figures
     from specdyn.results import save
     from specdyn.sweep import sweep
 
-    print(f"sweep {args.file}{' (smoke size)' if args.smoke else ''}: {spec.description}")
+    print(f"sweep {file}{size}: {spec.description}")
     start = time.perf_counter()
-    ds = sweep(
-        spec.problem, **spec.sweep_kwargs(), store=out / "cells", progress=not args.no_progress, fresh=args.fresh
-    )
-    seconds = time.perf_counter() - start
-    ds.attrs["sweep_file"] = str(args.file)
-    ds.attrs["smoke"] = int(args.smoke)
-    results = save(ds, out / "results.nc")
-    figures = standard_figures(ds, out, metrics=spec.metrics, figures=spec.figures)
+    with jax.enable_x64(spec.x64):
+        try:
+            ds = sweep(
+                spec.problem, **spec.sweep_kwargs(), store=out / "cells", progress=not args.no_progress,
+                fresh=args.fresh,
+            )
+        except ValueError as err:
+            raise ValueError(f"{file}: {err}") from None
+        seconds = time.perf_counter() - start
+        ds.attrs["sweep_file"] = str(file)
+        ds.attrs["smoke"] = int(args.smoke)
+        with _doing("write the results"):
+            results = save(ds, out / "results.nc")
+            figures = standard_figures(ds, out, metrics=spec.metrics, figures=spec.figures)
     print(_summary(ds))
+    line = _store_line(ds, out / "cells")
+    if line:
+        print(line)
     print(f"{int(ds['diverged_at'].size)} runs in {seconds:.1f} s; results: {results}")
     for f in figures:
         print(f"figure: {f}")
+
+
+# ---------------------------------------------------------------- plot
+
+
+def _read_results(path):
+    from specdyn.results import load
+
+    path = _check_path_text(path, "results file")
+    if not path.exists():
+        raise ValueError(f"no results file at {path}")
+    if path.is_dir():
+        hint = f"; did you mean {path / 'results.nc'}?" if (path / "results.nc").is_file() else ""
+        raise ValueError(f"{path} is a folder, not a results file{hint}")
+    with _doing("read the results file"):
+        try:
+            ds = load(path)
+        except (ValueError, TypeError, LookupError, EOFError):  # what scipy's netCDF reader raises
+            raise ValueError(
+                f"{path} is not a results file written by `specdyn sweep` (it does not read as netCDF-3)"
+            ) from None
+    if "step" not in ds.dims or "diverged_at" not in ds:
+        raise ValueError(
+            f"{path} is not a results file written by `specdyn sweep` (no 'step' axis and 'diverged_at')"
+        )
+    return ds
+
+
+def plottable_metrics(ds) -> list[str]:
+    """The variables of a results Dataset that can be drawn against step."""
+    return [str(v) for v in ds.data_vars if "step" in ds[v].dims]
 
 
 def _cmd_plot(args) -> None:
     import matplotlib.pyplot as plt
 
     from specdyn.plot import plot_metric
-    from specdyn.results import load
 
-    ds = load(args.results)
+    ds = _read_results(args.results)
+    metrics = plottable_metrics(ds)
+    if args.metric not in metrics:
+        what = (
+            f"{args.metric!r} is not a metric against step" if args.metric in ds
+            else f"no metric {args.metric!r}"
+        )
+        raise ValueError(f"{what} to plot in {args.results} (plottable: {', '.join(metrics)})")
+    out = _output_file(args.out or Path(args.results).with_name(f"{args.metric}.png"))
     fig = plot_metric(ds, args.metric)
-    out = Path(args.out or Path(args.results).with_name(f"{args.metric}.png"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        with _doing("write the figure"):
+            fig.savefig(out, dpi=110)
+    finally:
+        plt.close(fig)
     print(f"figure: {out}")
 
 
 def _cmd_demo(args) -> None:
     from specdyn.experiments.phase_retrieval import demo
 
+    out = _output_folder(args.out, create=True)
     start = time.perf_counter()
-    result = demo(Path(args.out))
+    result = demo(out)
     for method, stats in result["summary"].items():
         parts = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in stats.items())
         print(f"{method}: {parts}")
@@ -134,15 +471,25 @@ def _cmd_demo(args) -> None:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    """Run the command; return its exit code (2 for bad input, 130 when interrupted)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as done:  # --help (0) or a bad argument (2, one line already printed)
+        return done.code if isinstance(done.code, int) else 2
     from specdyn._cpu import limit_blas_threads
 
     limit_blas_threads()  # one OpenBLAS thread on few-core CPUs (see specdyn/_cpu.py)
-    commands = {"demo": _cmd_demo, "sweep": _cmd_sweep, "plot": _cmd_plot, "list": lambda a: _cmd_list()}
+    commands = {"demo": _cmd_demo, "sweep": _cmd_sweep, "plot": _cmd_plot, "list": _cmd_list}
     try:
         commands[args.command](args)
     except ValueError as err:
-        print(f"specdyn: error: {err}", file=sys.stderr)
+        print(f"specdyn: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `specdyn list | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as err:  # a path the command could not use: name it
+        print(f"specdyn: error: {_one_line(_os_message(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("specdyn: interrupted; finished cells are kept in the store, re-run to resume", file=sys.stderr)

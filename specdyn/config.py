@@ -1,21 +1,32 @@
 """Sweep files: TOML -> a validated sweep specification (schema in sweeps/README.md).
 
-Every problem with a file is reported as a ``ValueError`` with a one-line message
-naming the key and the value, which the CLI prints before exiting with code 2.
+A file is validated whole before anything runs, at both sizes: its keys, the
+``[smoke]`` overrides merged over them (whether or not ``--smoke`` is given), the
+``[plot]`` metrics (against the problem's metrics, found with ``jax.eval_shape``,
+without running anything) and the named figures. Every problem is a ``ValueError``
+whose one-line message names the file, the key as written in TOML and the value
+received; the CLI prints it and exits with code 2.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
+import inspect
+import itertools
+import math
+import numbers
 import tomllib
 from pathlib import Path
 
+import numpy as np
+
 from specdyn.optimizers import OPTIMIZERS, get_optimizer
 from specdyn.problem import data_fields, static_fields
-from specdyn.problems import get_problem
+from specdyn.problems import get_problem, problem_names
 
-__all__ = ["SweepSpec", "load_sweep_file"]
+__all__ = ["SweepSpec", "load_sweep_file", "optimizer_options", "problem_metrics", "show_value"]
 
 _SCHEMA = {
     "description": str,
@@ -35,6 +46,9 @@ _SCHEMA = {
 }
 _PLOT_SCHEMA = {"metrics": list, "figures": list}
 _TABLES = ("fields", "grid", "options", "plot")  # merged key by key by [smoke]
+_REQUIRED = ("problem", "steps", "optimizers", "learning_rates", "seeds")
+_MAX_SEED = 2**32  # jax.random.PRNGKey takes a uint32 seed
+_MAX_CHECKED_GRID_POINTS = 4096
 
 
 @dataclasses.dataclass
@@ -54,6 +68,9 @@ class SweepSpec:
     batch_size: int | None
     metrics: list
     figures: list
+    plottable: tuple = ()  # every metric the results will hold against step
+    runs: int = 0  # optimizers x learning rates x seeds x grid points
+    cells: int = 0  # compiled cells: optimizers x static grid points
 
     def sweep_kwargs(self) -> dict:
         return dict(
@@ -67,19 +84,28 @@ class SweepSpec:
         )
 
 
+def show_value(value) -> str:
+    """A value as a TOML user would write it: plain numbers, 'strings', [arrays], no numpy reprs."""
+    if isinstance(value, np.generic | np.ndarray):
+        value = value.tolist()
+    if value is None:
+        return '"none"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(show_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {show_value(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
 def _type_name(t) -> str:
-    names = {int: "an integer", str: "a string", bool: "true/false", list: "an array", dict: "a table"}
+    names = {int: "an integer", str: "a string", bool: "true or false", list: "an array", dict: "a table"}
     return " or ".join(names[x] for x in (t if isinstance(t, tuple) else (t,)))
 
 
-def _check_types(table: dict, schema: dict, where: str) -> None:
-    for key, value in table.items():
-        if key not in schema:
-            raise ValueError(f"{where}unknown key {key!r} (allowed: {', '.join(schema)})")
-        want = schema[key]
-        ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
-        if not ok:
-            raise ValueError(f"{where}key {key!r} must be {_type_name(want)}, got {value!r}")
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _field_value(value):
@@ -91,94 +117,393 @@ def _field_value(value):
     return value
 
 
-def _merge_smoke(raw: dict) -> dict:
-    smoke = raw.pop("smoke", {})
-    _check_types(smoke, {k: v for k, v in _SCHEMA.items() if k != "smoke"}, "[smoke] ")
-    for key, value in smoke.items():
-        if key in _TABLES and isinstance(raw.get(key), dict):
-            raw[key] = {**raw[key], **value}
-        else:
-            raw[key] = value
-    return raw
+def _duplicate(values):
+    seen = []
+    for v in values:
+        if v in seen:
+            return v
+        seen.append(v)
+    return None
+
+
+class _File:
+    """One variant of a sweep file (full size, or with [smoke] merged): names keys as written."""
+
+    def __init__(self, path: Path, raw: dict, smoke: bool):
+        self.path = path
+        self.smoke = dict(raw.get("smoke", {})) if smoke else None
+        data = {k: v for k, v in raw.items() if k != "smoke"}
+        for key, value in (self.smoke or {}).items():
+            if key in _TABLES and isinstance(data.get(key), dict) and isinstance(value, dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        self.data = data
+
+    def _from_smoke(self, key, sub=None) -> bool:
+        if self.smoke is None or key not in self.smoke:
+            return False
+        return sub is None or not isinstance(self.smoke[key], dict) or sub in self.smoke[key]
+
+    def key(self, key: str) -> str:
+        """``key 'steps'``, or ``[smoke] key 'steps'`` when [smoke] set it."""
+        return f"[smoke] key {key!r}" if self._from_smoke(key) else f"key {key!r}"
+
+    def table(self, table: str, sub: str | None = None) -> str:
+        """``[fields]`` or ``[smoke.fields]``, as the user wrote the table holding ``sub``."""
+        return f"[smoke.{table}]" if self._from_smoke(table, sub) else f"[{table}]"
+
+    def fail(self, message: str):
+        if self.smoke is not None and "[smoke" not in message:
+            message += " (with the [smoke] overrides)"
+        raise ValueError(f"{self.path}: {message}")
+
+
+def _read(path: Path) -> dict:
+    if not path.exists():
+        raise ValueError(f"no sweep file at {path}")
+    if path.is_dir():
+        files = sorted(p.name for p in path.glob("*.toml"))
+        hint = f"; sweep files in it: {', '.join(files)}" if files else ""
+        raise ValueError(f"{path} is a folder, not a sweep file{hint}")
+    data = path.read_bytes()  # an OSError (unreadable file) names the path; the CLI prints it
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not a UTF-8 text file (byte {data[err.start]:#04x} at offset {err.start}); "
+            "a sweep file is TOML text"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: {err}") from None
+
+
+def _check_types(path: Path, table: dict, schema: dict, label: str) -> None:
+    for key, value in table.items():
+        if key not in schema:
+            raise ValueError(f"{path}: {label}unknown key {key!r} (allowed: {', '.join(schema)})")
+        want = schema[key]
+        ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
+        if not ok:
+            raise ValueError(f"{path}: {label}key {key!r} must be {_type_name(want)}, got {show_value(value)}")
 
 
 def load_sweep_file(path, *, smoke: bool = False) -> SweepSpec:
-    """Read and validate a sweep file; ``smoke`` applies its ``[smoke]`` overrides."""
+    """Read and validate a sweep file (both sizes); ``smoke`` returns the ``[smoke]`` size."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no sweep file at {str(path)!r}")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML: {err}") from None
-    where = f"{path}: "
-    _check_types(raw, _SCHEMA, where)
-    for table, label in ((raw, ""), (raw.get("smoke", {}), "[smoke] ")):
-        for key in ("steps", "record_every"):
-            if isinstance(table.get(key), int) and table[key] < 1:
-                raise ValueError(f"{where}{label}key {key!r} must be >= 1, got {table[key]!r}")
-    if smoke:
-        raw = _merge_smoke(raw)
-    else:
-        raw.pop("smoke", None)
-    for key in ("problem", "steps", "optimizers", "learning_rates", "seeds"):
-        if key not in raw:
-            raise ValueError(f"{where}missing key {key!r}")
-    if not all(isinstance(o, str) for o in raw["optimizers"]) or not raw["optimizers"]:
-        raise ValueError(f"{where}key 'optimizers' must list optimizer names, got {raw['optimizers']!r}")
-    for name in raw["optimizers"]:
-        if name not in OPTIMIZERS:
-            raise ValueError(f"{where}unknown optimizer {name!r} in 'optimizers' (known: {', '.join(OPTIMIZERS)})")
-    try:
-        problem_cls = get_problem(raw["problem"])
-    except ValueError as err:
-        raise ValueError(f"{where}key 'problem': {err}") from None
+    raw = _read(path)
+    _check_types(path, raw, _SCHEMA, "")
+    _check_types(path, raw.get("smoke", {}), {k: v for k, v in _SCHEMA.items() if k != "smoke"}, "[smoke] ")
+    for table, label in ((raw, "[plot] "), (raw.get("smoke", {}), "[smoke.plot] ")):
+        _check_types(path, table.get("plot", {}), _PLOT_SCHEMA, label)
+    full = _validate(_File(path, raw, smoke=False))
+    if "smoke" not in raw:
+        return full
+    small = _validate(_File(path, raw, smoke=True))
+    return small if smoke else full
 
-    fields = {k: _field_value(v) for k, v in raw.get("fields", {}).items()}
-    known = static_fields(problem_cls) + data_fields(problem_cls)
-    for key in list(fields) + list(raw.get("grid", {})):
-        if key not in known:
-            raise ValueError(f"{where}unknown field {key!r} for problem {raw['problem']!r} (fields: {', '.join(known)})")
-    grid = {}
-    for key, values in raw.get("grid", {}).items():
-        if not isinstance(values, list) or not values:
-            raise ValueError(f"{where}[grid] key {key!r} must be a non-empty array, got {values!r}")
-        grid[key] = [_field_value(v) for v in values]
+
+def _validate(f: _File) -> SweepSpec:
+    d = f.data
+    for key in _REQUIRED:
+        if key not in d:
+            f.fail(f"missing key {key!r}")
+    for key in ("steps", "record_every", "batch_size"):
+        if key in d and d[key] < 1:
+            f.fail(f"{f.key(key)} must be >= 1, got {show_value(d[key])}")
+    steps, record_every = d["steps"], d.get("record_every", 1)
+    _check_run_lengths(f, steps, record_every)
+
+    names = _optimizer_names(f, d["optimizers"])
+    if d["problem"] not in problem_names():
+        f.fail(f"{f.key('problem')}: unknown problem {d['problem']!r} (known: {', '.join(problem_names())})")
+    problem_cls = get_problem(d["problem"])
+    problem, grid = _problem_and_grid(f, problem_cls, d.get("fields", {}), d.get("grid", {}))
+    factories = _optimizers(f, names, d.get("options", {}))
+    lrs = _learning_rates(f, d["learning_rates"], names)
+    seeds = _seeds(f, d["seeds"])
+
+    x64 = d.get("x64", False)
     try:
-        problem = problem_cls(**fields)
-    except ValueError as err:
-        raise ValueError(f"{where}[fields]: {err}") from None
+        plottable = problem_metrics(problem, x64)
+    except (ValueError, TypeError) as err:
+        f.fail(f"problem {d['problem']!r} with these fields cannot be set up: {err}")
+    plot = d.get("plot", {})
+    metrics = _strings(f, plot.get("metrics", ["loss"]), f"key 'metrics' in {f.table('plot', 'metrics')}")
+    for m in metrics:
+        if m not in plottable:
+            f.fail(
+                f"{f.table('plot', 'metrics')} metric {m!r} is not a metric of problem {d['problem']!r} "
+                f"(its metrics: {', '.join(plottable)})"
+            )
+    figures = _strings(f, plot.get("figures", []), f"key 'figures' in {f.table('plot', 'figures')}")
+    for name in figures:
+        problem_text = _figure_problem(name)
+        if problem_text:
+            f.fail(f"{f.table('plot', 'figures')} figure {name!r}: {problem_text}")
 
-    options = raw.get("options", {})
-    for name, opts in options.items():
-        if name not in raw["optimizers"]:
-            raise ValueError(f"{where}[options.{name}] names an optimizer not in 'optimizers'")
-        if not isinstance(opts, dict):
-            raise ValueError(f"{where}[options.{name}] must be a table, got {opts!r}")
-    factories = {}
-    for name in raw["optimizers"]:
-        opts = {k: _field_value(v) for k, v in options.get(name, {}).items()}
-        try:
-            get_optimizer(name, 0.1, **opts)  # validate the options now
-        except ValueError as err:
-            raise ValueError(f"{where}[options.{name}]: {err}") from None
-        factories[name] = functools.partial(get_optimizer, name, **opts)
-
-    lrs = raw["learning_rates"]
-    plot = raw.get("plot", {})
-    _check_types(plot, _PLOT_SCHEMA, f"{where}[plot] ")
+    n_lr = len(lrs) if isinstance(lrs, list) else len(next(iter(lrs.values())))
+    statics = [k for k in grid if k in static_fields(problem_cls)]
     return SweepSpec(
-        name=path.stem,
-        description=raw.get("description", ""),
+        name=f.path.stem,
+        description=d.get("description", ""),
         problem=problem,
         optimizers=factories,
         learning_rates=lrs,
-        seeds=raw["seeds"],
+        seeds=seeds,
         grid=grid,
-        steps=raw["steps"],
-        record_every=raw.get("record_every", 1),
-        x64=raw.get("x64", False),
-        batch_size=raw.get("batch_size"),
-        metrics=list(plot.get("metrics", ["loss"])),
-        figures=list(plot.get("figures", [])),
+        steps=steps,
+        record_every=record_every,
+        x64=x64,
+        batch_size=d.get("batch_size"),
+        metrics=metrics,
+        figures=figures,
+        plottable=plottable,
+        runs=len(names) * n_lr * (seeds if isinstance(seeds, int) else len(seeds)) * math.prod(map(len, grid.values())),
+        cells=len(names) * math.prod(len(grid[k]) for k in statics),
     )
+
+
+def _check_run_lengths(f: _File, steps: int, record_every: int) -> None:
+    """The engine's own rule for steps and record_every, named as in the file."""
+    from specdyn.simulate import check_run_lengths
+
+    try:
+        check_run_lengths(steps, record_every)
+    except ValueError as err:
+        f.fail(str(err))
+
+
+def _strings(f: _File, values: list, label: str) -> list:
+    for v in values:
+        if not isinstance(v, str):
+            f.fail(f"{label} must list names (strings), got {show_value(v)}")
+    dup = _duplicate(values)
+    if dup is not None:
+        f.fail(f"{label} lists {dup!r} twice")
+    return list(values)
+
+
+def _optimizer_names(f: _File, names: list) -> list:
+    label = f.key("optimizers")
+    if not names:
+        f.fail(f"{label} must list at least one optimizer (known: {', '.join(OPTIMIZERS)})")
+    _strings(f, names, label)
+    for name in names:
+        if name not in OPTIMIZERS:
+            f.fail(f"unknown optimizer {name!r} in {label} (known: {', '.join(OPTIMIZERS)})")
+    return names
+
+
+_DECLARED = {
+    "int": (int, "an integer"),
+    "float": (numbers.Real, "a number"),
+    "str": (str, "a string"),
+    "bool": (bool, "true or false"),
+    "None": (type(None), '"none"'),
+}
+
+
+def _type_problem(value, annotation, default=inspect.Parameter.empty) -> str | None:
+    """``"must be an integer or \"none\""`` when ``value`` does not fit the declared type (an
+    annotation such as ``int | None``, else the type of the default), None when it fits or
+    when nothing is declared."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    parts = [p.strip() for p in text.split("|")] if text else []
+    if not parts or not all(p in _DECLARED for p in parts):
+        parts = (
+            ["bool"] if isinstance(default, bool)
+            else ["float"] if _is_number(default)
+            else ["str"] if isinstance(default, str)
+            else []
+        )
+    if not parts:
+        return None
+    for part in parts:
+        kind = _DECLARED[part][0]
+        if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+            return None
+    return "must be " + " or ".join(_DECLARED[p][1] for p in parts)
+
+
+def _check_field_value(f: _File, problem_cls, name: str, value, label: str) -> None:
+    if isinstance(value, dict):
+        f.fail(f"{label} must be a value or an array, not a table, got {show_value(value)}")
+    if name in data_fields(problem_cls):
+        if not _is_number(value):
+            f.fail(f"{label} must be a number, got {show_value(value)}")
+        return
+    field = next(x for x in dataclasses.fields(problem_cls) if x.name == name)
+    wrong = _type_problem(_field_value(value), field.type)
+    if wrong:
+        f.fail(f"{label} {wrong}, got {show_value(value)}")
+
+
+def _problem_and_grid(f: _File, problem_cls, fields: dict, grid_raw: dict):
+    known = static_fields(problem_cls) + data_fields(problem_cls)
+    for key, table in [(k, "fields") for k in fields] + [(k, "grid") for k in grid_raw]:
+        if key not in known:
+            f.fail(
+                f"unknown field {key!r} in {f.table(table, key)} for problem {f.data['problem']!r} "
+                f"(fields: {', '.join(known)})"
+            )
+    for key, value in fields.items():
+        _check_field_value(f, problem_cls, key, value, f"field {key} in {f.table('fields', key)}")
+    grid = {}
+    for key, values in grid_raw.items():
+        label = f"field {key} in {f.table('grid', key)}"
+        if values == []:
+            f.fail(f"{label} is an empty array; give at least one value")
+        if not isinstance(values, list):
+            f.fail(f"{label} must be an array of values, got {show_value(values)}")
+        for v in values:
+            _check_field_value(f, problem_cls, key, v, f"each value of {label}")
+        values = [_field_value(v) for v in values]
+        dup = _duplicate(values)
+        if dup is not None:
+            f.fail(f"{label} lists {show_value(dup)} twice")
+        grid[key] = values
+    try:
+        problem = problem_cls(**{k: _field_value(v) for k, v in fields.items()})
+    except (ValueError, TypeError) as err:
+        named = str(err).split(" ", 1)[0]  # validation messages start with the field's name
+        f.fail(f"{f.table('fields', named if named in fields else '')}: {err}")
+    points = itertools.islice(itertools.product(*grid.values()), _MAX_CHECKED_GRID_POINTS)
+    for point in points:
+        values = dict(zip(grid, point, strict=True))
+        try:
+            dataclasses.replace(problem, **values)
+        except (ValueError, TypeError) as err:
+            where = ", ".join(f"{k} = {show_value(v)}" for k, v in values.items())
+            f.fail(f"{f.table('grid')} point {where}: {err}")
+    return problem, grid
+
+
+def optimizer_options(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword options of a registered optimizer, ``**polar_kwargs`` expanded to the
+    options of :func:`specdyn.scale_by_polar` it passes them to."""
+    from specdyn.transforms import scale_by_polar
+
+    options = {}
+    for pname, p in inspect.signature(OPTIMIZERS[name]).parameters.items():
+        if pname == "learning_rate":
+            continue
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            if pname == "polar_kwargs":
+                for qname, q in inspect.signature(scale_by_polar).parameters.items():
+                    options.setdefault(qname, q)
+            continue
+        options[pname] = p
+    return options
+
+
+def _optimizers(f: _File, names: list, options: dict) -> dict:
+    for name, opts in options.items():
+        label = f.table("options", name).rstrip("]") + f".{name}]"
+        if name not in names:
+            f.fail(f"{label} names an optimizer not in 'optimizers' ({', '.join(names)})")
+        if not isinstance(opts, dict):
+            f.fail(f"{label} must be a table of options, got {show_value(opts)}")
+    factories = {}
+    for name in names:
+        label = f.table("options", name).rstrip("]") + f".{name}]"
+        allowed = optimizer_options(name)
+        opts = {}
+        for key, value in options.get(name, {}).items():
+            if key == "learning_rate":
+                f.fail(f"{label} sets learning_rate; learning rates go in key 'learning_rates'")
+            if key not in allowed:
+                known = ", ".join(allowed) or "none"
+                f.fail(f"unknown option {key!r} in {label} (options of {name}: {known})")
+            value = _field_value(value)
+            wrong = _type_problem(value, allowed[key].annotation, allowed[key].default)
+            if wrong:
+                f.fail(f"option {key} in {label} {wrong}, got {show_value(value)}")
+            opts[key] = value
+        try:
+            get_optimizer(name, 0.1, **opts)  # validate the options now
+        except (ValueError, TypeError) as err:
+            f.fail(f"{label}: {err}")
+        factories[name] = functools.partial(get_optimizer, name, **opts)
+    return factories
+
+
+def _rate_list(f: _File, values, label: str) -> list:
+    if values == []:
+        f.fail(f"{label} is an empty array; give at least one learning rate")
+    if not isinstance(values, list):
+        f.fail(f"{label} must be an array of learning rates, got {show_value(values)}")
+    for v in values:
+        if not (_is_number(v) and math.isfinite(v) and v > 0):
+            f.fail(f"{label}: a learning rate must be a finite number > 0, got {show_value(v)}")
+    dup = _duplicate(values)
+    if dup is not None:
+        f.fail(f"{label} lists {show_value(dup)} twice")
+    return [float(v) for v in values]
+
+
+def _learning_rates(f: _File, lrs, names: list):
+    label = f.key("learning_rates")
+    if isinstance(lrs, list):
+        return _rate_list(f, lrs, label)
+    missing = [n for n in names if n not in lrs]
+    unknown = [n for n in lrs if n not in names]
+    if unknown:
+        f.fail(f"{label} names {', '.join(map(repr, unknown))}, not in 'optimizers' ({', '.join(names)})")
+    if missing:
+        f.fail(f"{label} has no rates for {', '.join(map(repr, missing))}; give one array per optimizer")
+    table = {n: _rate_list(f, lrs[n], f"{label[:-1]}.{n}'" if label.endswith("'") else label) for n in names}
+    lengths = {n: len(v) for n, v in table.items()}
+    if len(set(lengths.values())) != 1:
+        counts = ", ".join(f"{n}: {k}" for n, k in lengths.items())
+        f.fail(f"{label} must give every optimizer the same number of rates, got {counts}")
+    return table
+
+
+def _seeds(f: _File, seeds):
+    label = f.key("seeds")
+    if isinstance(seeds, int):
+        if not 1 <= seeds <= _MAX_SEED:
+            f.fail(f"{label} must be a count >= 1 or an array of seeds, got {seeds}")
+        return seeds
+    if not seeds:
+        f.fail(f"{label} is an empty array; give a count >= 1 or at least one seed")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < _MAX_SEED:
+            f.fail(f"{label}: each seed must be an integer in [0, 2**32), got {show_value(s)}")
+    dup = _duplicate(seeds)
+    if dup is not None:
+        f.fail(f"{label} lists seed {dup} twice")
+    return list(seeds)
+
+
+@functools.lru_cache(maxsize=64)
+def problem_metrics(problem, x64: bool = False) -> tuple[str, ...]:
+    """The names of the metrics a sweep of ``problem`` records against step ("loss" first),
+    found with ``jax.eval_shape``: nothing is computed."""
+    import jax
+
+    with jax.enable_x64(x64):
+        key = jax.random.PRNGKey(0)
+        params = jax.eval_shape(problem.init, key)
+        data = jax.eval_shape(problem.sample, key)
+        metrics = jax.eval_shape(problem.metrics, params, data)
+    return ("loss", *(m for m in metrics if m != "loss"))
+
+
+def _figure_problem(name: str) -> str | None:
+    """Why ``"module.function"`` names no figure of ``specdyn.experiments``, or None."""
+    module, _, function = name.rpartition(".")
+    if not module or not function:
+        return "a figure is named 'module.function' (a function of specdyn.experiments.<module>)"
+    if not all(part.isidentifier() for part in module.split(".")):
+        return f"no module specdyn.experiments.{module}"
+    try:
+        mod = importlib.import_module(f"specdyn.experiments.{module}")
+    except ModuleNotFoundError:
+        return f"no module specdyn.experiments.{module}"
+    if not callable(getattr(mod, function, None)):
+        return f"specdyn.experiments.{module} has no function {function}()"
+    return None

@@ -71,8 +71,9 @@ def _check_field_values(obj) -> None:
         value = getattr(obj, name)
         if isinstance(value, str | bool) or value is None:
             raise ValueError(
-                f"data field {name} holds {value!r}; strings, booleans and None change the program, "
-                f"so declare it static: `{name}: ... = sd.static(...)`"
+                f"data field {name} must be a number or an array, got {name}={value!r} (a field meant to "
+                f"hold strings, booleans or None changes the program: declare it static, "
+                f"`{name}: ... = sd.static(...)`)"
             )
         if not isinstance(value, numbers.Number | np.ndarray | jax.Array | np.generic):
             raise ValueError(f"data field {name} must be a number or an array, got {name}={value!r}")

@@ -47,7 +47,7 @@ BAD = [
     ("bogus = 1\n" + GOOD, "unknown key 'bogus'"),
     (GOOD.replace("steps = 6", 'steps = "six"'), "key 'steps' must be an integer, got 'six'"),
     (GOOD.replace("steps = 6", "steps = 0"), "key 'steps' must be >= 1, got 0"),
-    (GOOD.replace('"matrix_least_squares"', '"nope"'), "unknown problem name='nope'"),
+    (GOOD.replace('"matrix_least_squares"', '"nope"'), "unknown problem 'nope'"),
     (GOOD.replace('["gd", "specgd"]', '["gd", "sgdx"]'), "unknown optimizer 'sgdx'"),
     (GOOD.replace("rows = 4", "rowz = 4"), "unknown field 'rowz'"),
     (GOOD.replace("noise = [0.0, 0.1]", "noise = [-1.0]"), "noise=-1.0"),
@@ -86,6 +86,15 @@ def test_smoke_sweep_writes_results_and_figures(tmp_path, capsys):
     ds = load(out / "results.nc")
     assert ds.sizes == {"optimizer": 2, "lr": 2, "seed": 2, "noise": 2, "step": 2}  # smoke: steps = 4
     assert int(ds["samples"]) == 6 if "samples" in ds.coords else True
+    # the summary says what it prints: each optimizer's best rate by the stated rule, seed median and range
+    from specdyn.results import best_learning_rate
+
+    assert "best = the lowest seed-mean final loss among rates where no seed diverged" in printed
+    best = best_learning_rate(ds, "loss")
+    rows = [line.split() for line in printed.splitlines() if line.split()[:2] in (["0", "gd"], ["0", "specgd"])]
+    assert len(rows) == 2
+    for row in rows:
+        assert float(row[2]) == pytest.approx(float(best["learning_rate"].sel(optimizer=row[1], noise=0.0)), rel=1e-3)
     for name in ("loss.png", "distance.png"):
         assert (out / name).stat().st_size > 10_000
         assert name in printed
@@ -99,5 +108,5 @@ def test_smoke_sweep_writes_results_and_figures(tmp_path, capsys):
 def test_list_shows_problems_and_optimizers(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for word in ("matrix_least_squares", "condition", "[data]", "[static]", "muon", "momentum", "shampoo"):
+    for word in ("matrix_least_squares", "condition", " data ", " static ", "muon", "momentum", "shampoo"):
         assert word in out
