@@ -16,15 +16,19 @@ float64 they agree to 1e-15 on the non-oscillating rates); compare medians.
 
 Compilation is included in every JAX timing (it is part of what a user waits
 for); (a) is also reported warm. Prints a markdown table; run with
-``python bench/sweep.py [--steps N] [--dim D]``.
+``python bench/sweep.py [--steps N] [--dim D]``. Where this Python has no PyTorch
+(the CPU wheel at hand is for Python 3.11 only), ``--torch-python PY`` times (d)
+in that interpreter, within the same run, right after the others.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
+import subprocess
 import time
 
 import jax
@@ -128,6 +132,13 @@ def run_torch(problem, seeds, steps):
     return finals
 
 
+def run_torch_elsewhere(python: str, seeds: int, steps: int, dim: int) -> tuple[float, dict]:
+    """(d) in another interpreter: its wall time (as measured there) and final losses."""
+    cmd = [python, __file__, "--torch-only", "--seeds", str(seeds), "--steps", str(steps), "--dim", str(dim)]
+    out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    return out["seconds"], {(n, lr, s): v for n, lr, s, v in out["finals"]}
+
+
 def step_flops(d: int, n: int) -> dict[str, float]:
     """Matrix-product FLOPs of one step of each optimizer (records and elementwise work not counted).
 
@@ -164,12 +175,18 @@ def main():
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--torch-python", help="time (d) with this Python (one that has PyTorch)")
+    parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--sweep-only", action="store_true", help="time (a) only, e.g. 64 seeds at d = 256 on a GPU (1024 runs)"
     )
     args = parser.parse_args()
     d = args.dim
     problem = sd.problems.MatrixLeastSquares(rows=d, cols=d, samples=4 * d, condition=10.0)
+    if args.torch_only:  # called by --torch-python: one JSON line
+        t_d, finals = timed(run_torch, problem, args.seeds, args.steps)
+        print(json.dumps({"seconds": t_d, "finals": [[*k, v] for k, v in finals.items()]}))
+        return
     runs = 2 * 8 * args.seeds
     print(f"machine: {machine()}")
     print(f"grid: d={d}, n={4 * d}, {args.seeds} seeds x 8 lrs x {args.steps} steps x (gd, specgd NS5) = {runs} runs")
@@ -185,7 +202,10 @@ def main():
         rows.append(("(b) loop of jitted runs, lr baked in (recompiles per lr)", t_b))
         t_c, others["(c)"] = timed(run_loop, problem, args.seeds, args.steps, traced=True)
         rows.append(("(c) loop of jitted runs, lr traced (one compile)", t_c))
-        if not args.skip_torch:
+        if args.torch_python:
+            t_d, others["(d)"] = run_torch_elsewhere(args.torch_python, args.seeds, args.steps, d)
+            rows.append(("(d) PyTorch eager loop (CPU, in the --torch-python interpreter)", t_d))
+        elif not args.skip_torch:
             t_d, others["(d)"] = timed(run_torch, problem, args.seeds, args.steps)
             rows.append(("(d) PyTorch eager loop (CPU)", t_d))
 
