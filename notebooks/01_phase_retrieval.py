@@ -37,7 +37,9 @@ if SIZE not in ("smoke", "full"):
     raise ValueError(f'SIZE must be "smoke" or "full", got {SIZE!r}')
 import time
 import jax, numpy as np, matplotlib.pyplot as plt
+import warnings
 from IPython.display import display
+warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm's notebook bar wants ipywidgets; no bar is drawn here
 import specdyn as sd
 from specdyn.problems.phase_retrieval import PhaseRetrieval
 from specdyn.reduced import phase_retrieval as red

@@ -28,7 +28,9 @@ SIZE = "smoke"  # or "full": the papers' sizes
 if SIZE not in ("smoke", "full"):
     raise ValueError(f'SIZE must be "smoke" or "full", got {SIZE!r}')
 import jax, jax.numpy as jnp, numpy as np, matplotlib.pyplot as plt
+import warnings
 from IPython.display import display
+warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm's notebook bar wants ipywidgets; no bar is drawn here
 import specdyn as sd
 from specdyn.problems.gaussian_mixture import GaussianMixture
 from specdyn.reduced import imbalanced as red

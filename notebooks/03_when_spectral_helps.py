@@ -30,7 +30,9 @@ SIZE = "smoke"  # or "full": the papers' sizes
 if SIZE not in ("smoke", "full"):
     raise ValueError(f'SIZE must be "smoke" or "full", got {SIZE!r}')
 import jax, numpy as np, matplotlib.pyplot as plt
+import warnings
 from IPython.display import display
+warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm's notebook bar wants ipywidgets; no bar is drawn here
 import specdyn as sd
 from specdyn.problems.random_features import RandomFeatures
 from specdyn.experiments import when_spectral_helps as wsh
