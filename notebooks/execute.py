@@ -86,7 +86,11 @@ def execute(name: str, size: str = "smoke", timeout: int = 3600) -> nbformat.Not
     """
     nb = set_size(read_source(name), size)
     client = nbclient.NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(HERE)}},
+        record_timing=False,  # no timestamps in the committed notebooks: a re-run diffs by its outputs only
     )
     client.execute(env=kernel_env())
     nb.metadata["specdyn"] = {"size": size}
