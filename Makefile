@@ -15,7 +15,7 @@ PY ?= $(NEWEST_PY)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install bench lint clean which-python
+.PHONY: demo test install bench lint clean which-python notebooks
 
 $(BIN)/specdyn: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,14 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+
+# Execute the notebooks from their jupytext sources (notebooks/NN_*.py) and write the
+# executed notebooks/NN_*.ipynb: SIZE=smoke (the committed size) or SIZE=full;
+# NOTEBOOK=01_phase_retrieval for one.
+SIZE ?= smoke
+NOTEBOOK ?=
+notebooks: install
+	$(BIN)/python notebooks/execute.py $(if $(NOTEBOOK),$(NOTEBOOK),--all) --size $(SIZE)
 
 bench: install
 	$(BIN)/python bench/sweep.py
