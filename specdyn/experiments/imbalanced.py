@@ -280,8 +280,8 @@ def digits_experiment(*, full: bool = False, seeds=None, imbalance_ratio: float 
     which any seed diverged is never chosen). Seeds and rates of one optimizer run as one
     vmapped program. Smoke: 60 steps, 2 seeds; full: 600 steps, 5 seeds. Returns
     {optimizer: {metric: array (seed, record), "learning_rate": chosen, "scores": {rate:
-    score}, "interior": bool, "peak_balanced_accuracy": {rate: value}}, "step": steps,
-    "imbalance_ratio": ρ}.
+    score}, "interior": bool, "peak_balanced_accuracy": {rate: value}, "imbalance_ratio": ρ},
+    "step": steps}.
     """
     import specdyn as sd
     from specdyn.simulate import record_steps
@@ -293,7 +293,7 @@ def digits_experiment(*, full: bool = False, seeds=None, imbalance_ratio: float 
     data = jax.tree.map(lambda *a: jnp.stack(a), *datas)
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
     prob = DigitsMLP()
-    out = {"step": record_steps(steps, rec), "imbalance_ratio": float(imbalance_ratio)}
+    out = {"step": record_steps(steps, rec)}
     for name in optimizers:
         given = (learning_rates or {}).get(name)
         if given is None:
@@ -318,13 +318,14 @@ def digits_experiment(*, full: bool = False, seeds=None, imbalance_ratio: float 
         out[name]["scores"] = dict(zip(lrs, score.tolist(), strict=True))
         out[name]["interior"] = 0 < best < len(lrs) - 1
         out[name]["peak_balanced_accuracy"] = dict(zip(lrs, peak.tolist(), strict=True))
+        out[name]["imbalance_ratio"] = float(imbalance_ratio)
     return out
 
 
 def digits_figure(result) -> plt.Figure:
     """Balanced and worst-class test accuracy (mean ± range over seeds) per optimizer at
     its best rate (rule printed), and the highest balanced accuracy against the rate."""
-    names = [k for k, v in result.items() if isinstance(v, dict)]
+    names = [k for k in result if k != "step"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for k, name in enumerate(names):
         r, color = result[name], f"C{k}"
@@ -333,7 +334,7 @@ def digits_figure(result) -> plt.Figure:
             ax.fill_between(result["step"], r[metric].min(0), r[metric].max(0), color=color, alpha=0.2)
         rates = list(r["peak_balanced_accuracy"])
         axes[2].plot(rates, list(r["peak_balanced_accuracy"].values()), "o-", ms=3, color=color, label=name)
-    rho = result.get("imbalance_ratio")
+    rho = result[names[0]]["imbalance_ratio"]
     for ax, metric in zip(axes[:2], ["balanced accuracy", "worst-class accuracy"], strict=True):
         ax.set(xlabel="step", ylabel=f"test {metric}", title=f"digits, ρ = {rho:g}: {metric}")
     axes[2].set(xscale="log", xlabel="learning rate", ylabel="peak balanced accuracy", title="every rate of the grid")
