@@ -13,7 +13,8 @@ import xarray as xr
 from specdyn.reduced import imbalanced as red
 from specdyn.results import best_learning_rate, learning_rate_scores, problem_of
 
-__all__ = ["alpha_closed_forms", "best_lr_accuracy", "depth_gap", "saturation_steps"]
+__all__ = ["RULE", "alpha_closed_forms", "best_lr_accuracy", "best_rate_table", "depth_gap", "depth_gaps",
+           "digits_experiment", "digits_figure", "long_tailed_digits", "rule_text", "saturation_steps"]
 
 
 def alpha_closed_forms(ds: xr.Dataset) -> plt.Figure:
@@ -43,22 +44,76 @@ def alpha_closed_forms(ds: xr.Dataset) -> plt.Figure:
     return fig
 
 
-def best_lr_accuracy(ds: xr.Dataset, rule: str = "peak") -> plt.Figure:
-    """Balanced and worst-class accuracy vs step, each optimizer at its best lr by
-    :func:`specdyn.results.best_learning_rate` on balanced accuracy with ``rule``
-    (mean ± range over seeds)."""
-    best = best_learning_rate(ds, "balanced_accuracy", mode="max", rule=rule)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for ax, metric in zip(axes, ["balanced_accuracy", "worst_accuracy"], strict=True):
-        for name in ds.optimizer.values:
+# The one rule of paper 2's comparisons (long_tail and digits): each optimizer's rate is the
+# one whose seed-mean balanced test loss is lowest at its best recorded step ("peak":
+# early stopping with an oracle). Accuracies are scale-invariant (argmax of W x), so a rule
+# on them ties every rate small enough to stay on the first steps' direction; the loss is not.
+RULE = {"metric": "balanced_loss", "mode": "min", "rule": "peak"}
+
+
+def rule_text(rule: dict = RULE) -> str:
+    """The selection rule in words, as printed on the figures."""
+    best = "lowest" if rule["mode"] == "min" else "highest"
+    when = "reached during training (peak)" if rule["rule"] == "peak" else "at the last step (final)"
+    return f"lr rule: {best} seed-mean {rule['metric'].replace('_', ' ')} {when}"
+
+
+def best_rate_table(ds: xr.Dataset, rule: dict = RULE) -> dict:
+    """Per optimizer: {"lr", "index", "n_rates", "score", "interior", "scores"} under ``rule``.
+
+    ``interior`` is True when the best rate is neither end of the grid, i.e. both ends
+    score worse (a NaN score, a rate where some seed diverged, counts as worse).
+    """
+    scores = learning_rate_scores(ds, rule["metric"], mode=rule["mode"], rule=rule["rule"])
+    fill = np.inf if rule["mode"] == "min" else -np.inf
+    out = {}
+    for name in ds.optimizer.values:
+        sc = scores.sel(optimizer=name).fillna(fill).values
+        i = int(np.argmin(sc) if rule["mode"] == "min" else np.argmax(sc))
+        lrs = ds.learning_rate.sel(optimizer=name).values
+        out[str(name)] = {"lr": float(lrs[i]), "index": i, "n_rates": len(lrs), "score": float(sc[i]),
+                          "interior": 0 < i < len(lrs) - 1,
+                          "scores": dict(zip(lrs.tolist(), sc.tolist(), strict=True))}
+    return out
+
+
+def best_lr_accuracy(ds: xr.Dataset, rule: dict = RULE) -> plt.Figure:
+    """Paper 2's comparison of optimizers on the long-tailed mixture.
+
+    Top: balanced and worst-class test accuracy against step, each optimizer at its best
+    rate under ``rule`` (:data:`RULE`, printed on the figure; mean ± range over seeds).
+    Bottom left: the rule's score against the learning rate (the chosen rate ringed: an
+    interior best has worse rates on both sides). Bottom right: the highest balanced
+    accuracy reached during training against the learning rate, for every rate of the
+    grid (the early balanced-accuracy advantage as a claim across rates).
+    """
+    table = best_rate_table(ds, rule)
+    best = best_learning_rate(ds, rule["metric"], mode=rule["mode"], rule=rule["rule"])
+    peak_acc = learning_rate_scores(ds, "balanced_accuracy", mode="max", rule="peak")
+    score = learning_rate_scores(ds, rule["metric"], mode=rule["mode"], rule=rule["rule"])
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for k, name in enumerate(ds.optimizer.values):
+        color = f"C{k}"
+        row = table[str(name)]
+        for ax, metric in zip(axes[0], ["balanced_accuracy", "worst_accuracy"], strict=True):
             da = best[metric].sel(optimizer=name).squeeze(drop=True)
-            lr = float(best.learning_rate.sel(optimizer=name))
             m = da.mean("seed") if "seed" in da.dims else da
-            line, = ax.plot(ds.step, m, label=f"{name} (lr={lr:g})")
+            ax.plot(ds.step, m, color=color, label=f"{name} (lr {row['lr']:g})")
             if "seed" in da.dims:
-                ax.fill_between(ds.step, da.min("seed"), da.max("seed"), color=line.get_color(), alpha=0.2)
-        ax.set(xscale="symlog", xlabel="step", title=f"{metric.replace('_', ' ')} (lr: {rule} rule)")
-    axes[0].legend(fontsize=7)
+                ax.fill_between(ds.step, da.min("seed"), da.max("seed"), color=color, alpha=0.2)
+        lrs = ds.learning_rate.sel(optimizer=name).values
+        axes[1, 0].plot(lrs, score.sel(optimizer=name), "o-", color=color, ms=3, label=str(name))
+        axes[1, 0].plot(row["lr"], row["score"], "o", mfc="none", mec=color, ms=9)
+        axes[1, 1].plot(lrs, peak_acc.sel(optimizer=name), "o-", color=color, ms=3, label=str(name))
+    for ax, metric in zip(axes[0], ["balanced accuracy", "worst-class accuracy"], strict=True):
+        ax.set(xscale="symlog", xlabel="step", ylabel=f"test {metric}", title=f"{metric} at each best lr")
+    axes[0, 0].legend(fontsize=7)
+    axes[1, 0].set(xscale="log", xlabel="learning rate", ylabel=f"score: {rule['rule']} {rule['metric']}",
+                   title="rule's score (ringed: chosen)")
+    axes[1, 1].set(xscale="log", xlabel="learning rate", ylabel="peak balanced accuracy",
+                   title="highest balanced accuracy, every rate")
+    axes[1, 1].legend(fontsize=7)
+    fig.suptitle(rule_text(rule) + f"; {ds.sizes.get('seed', 1)} seeds", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -70,25 +125,65 @@ def saturation_steps(alpha: np.ndarray, star: np.ndarray, steps: np.ndarray, fra
     return np.where(hit.any(axis=0), steps[first], np.nan)
 
 
-def depth_gap(ds: xr.Dataset) -> plt.Figure:
-    """Minority − majority gap in time to 90% saturation vs depth, per optimizer."""
+def depth_gaps(ds: xr.Dataset, frac: float = 0.9) -> dict:
+    """{optimizer: array (depth, lr)} of T(minority) / T(majority), the ratio of the steps at
+    which the smallest and largest class reach ``frac``·α*; NaN where the minority class
+    did not get there within the run ("not escaped within T"); seed 0."""
     problem = problem_of(ds)
     mu, sigma = problem.mean_norm, problem.noise
-    fig, ax = plt.subplots(figsize=(5, 3.8))
     depths = ds["depth"].values if "depth" in ds.dims else [1]
+    out = {}
     for name in ds.optimizer.values:
-        ratios = []
-        for L in depths:
-            sel = ds.sel(optimizer=name).isel(lr=0, seed=0)
-            if "depth" in ds.dims:
-                sel = sel.sel(depth=L)
-            p = sel["priors"].isel(step=0).values
-            star = np.asarray(red.components(p, mu, sigma)[2])
-            T = saturation_steps(sel["alpha"].values, star, ds.step.values)
-            ratios.append(T[-1] / T[0])
-        ax.plot(depths, ratios, "o-", label=str(name))
-    ax.set(xlabel="depth L", ylabel="T(minority) / T(majority)", title="saturation gap (90% of α*)", yscale="log")
-    ax.legend()
+        ratios = np.full((len(depths), ds.sizes["lr"]), np.nan)
+        for i, L in enumerate(depths):
+            for j in range(ds.sizes["lr"]):
+                sel = ds.sel(optimizer=name).isel(lr=j, seed=0)
+                if "depth" in ds.dims:
+                    sel = sel.sel(depth=L)
+                p = sel["priors"].isel(step=0).values
+                star = np.asarray(red.components(p, mu, sigma)[2])
+                T = saturation_steps(sel["alpha"].values, star, ds.step.values, frac)
+                ratios[i, j] = T[-1] / T[0]
+        out[str(name)] = ratios
+    return out
+
+
+def depth_gap(ds: xr.Dataset) -> plt.Figure:
+    """Minority − majority gap: T(minority)/T(majority) (steps to 90% of α*) against depth.
+
+    Every learning rate of the grid is drawn (dots; line: median over rates), since the
+    ratio of two saturation times does not depend on the rate for small rates. A method
+    whose minority class never reaches 90% of α* within the run is kept and marked at the
+    top of the axis with a triangle and "not escaped within T".
+    """
+    gaps = depth_gaps(ds)
+    depths = ds["depth"].values if "depth" in ds.dims else np.array([1])
+    horizon = int(ds.step.values[-1])
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    finite = np.concatenate([g[np.isfinite(g)] for g in gaps.values()] + [np.array([1.0])])
+    top, bottom = 3.0 * finite.max(), 0.5 * finite.min()
+    offsets = np.linspace(-0.06, 0.06, len(gaps))
+    notes = []
+    for k, (name, g) in enumerate(gaps.items()):
+        color = f"C{k}"
+        x = depths * (1 + offsets[k])
+        med = np.array([np.median(row[np.isfinite(row)]) if np.isfinite(row).any() else np.nan for row in g])
+        ax.plot(x, med, "-", color=color, label=name)
+        for i in range(len(depths)):
+            ok = np.isfinite(g[i])
+            ax.plot(np.full(ok.sum(), x[i]), g[i][ok], "o", color=color, ms=3, alpha=0.6)
+            if not ok.all():
+                ax.plot(x[i], top, "^", color=color, ms=8)
+                notes.append(f"{name}, L={int(depths[i])}: {(~ok).sum()}/{ok.size} rates")
+    if notes:
+        ax.text(0.02, 0.02, f"▲ not escaped within T={horizon} steps:\n" + "\n".join(notes),
+                transform=ax.transAxes, fontsize=7, va="bottom")
+    ax.axhline(1.0, color="grey", lw=0.5)
+    ax.set(xscale="log", yscale="log", xlabel="depth L", ylabel="T(minority) / T(majority)",
+           title="saturation gap (90% of α*), every lr of the grid", xticks=list(depths),
+           xticklabels=[str(int(d)) for d in depths], ylim=(bottom / 4, 2 * top))
+    ax.minorticks_off()
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig
 
@@ -100,26 +195,30 @@ import jax.numpy as jnp  # noqa: E402
 from specdyn.problem import problem, static  # noqa: E402
 
 
-def long_tailed_digits(ratio: float = 0.05, seed: int = 0, test_fraction: float = 0.3):
+def long_tailed_digits(imbalance_ratio: float = 10.0, seed: int = 0, test_fraction: float = 0.3):
     """scikit-learn's 8×8 digits (shipped, no download), scaled to [0, 1] and standardised.
 
     Split per class (stratified, so every seed gives arrays of the same shapes): a
     fraction ``test_fraction`` of each class goes to a balanced test set; of the rest,
-    class c keeps a fraction ratio^(c/9) (class 0 all of it, class 9 a fraction
-    ``ratio``). ``seed`` picks which examples. Returns a data dict for :class:`DigitsMLP`.
+    class c keeps round(n_0 · ρ^(−c/9)) examples (:func:`specdyn.problems.datasets.long_tailed_counts`,
+    ρ = ``imbalance_ratio`` = n_max / n_min: class 0 the head, class 9 the tail).
+    ``seed`` picks which examples. Returns a data dict for :class:`DigitsMLP`.
     """
     from sklearn.datasets import load_digits
 
+    from specdyn.problems.datasets import long_tailed_counts
+
     x, y = load_digits(return_X_y=True)
     rng = np.random.default_rng(seed)
-    train, test = [], []
+    pools, test = [], []
     for c in range(10):
         idx = rng.permutation(np.flatnonzero(y == c))
         n_test = int(round(test_fraction * len(idx)))
-        n_keep = max(1, int(round(ratio ** (c / 9) * (len(idx) - n_test))))
         test.append(idx[:n_test])
-        train.append(idx[n_test:n_test + n_keep])
-    train, test = np.concatenate(train), np.concatenate(test)
+        pools.append(idx[n_test:])
+    counts = long_tailed_counts([len(p) for p in pools], imbalance_ratio)
+    train = np.concatenate([p[:n] for p, n in zip(pools, counts, strict=True)])
+    test = np.concatenate(test)
     x = x / 16.0
     m, s = x[train].mean(0), x[train].std(0) + 1e-3
     f = lambda a: jnp.asarray((a - m) / s, dtype=jnp.float32)  # noqa: E731
@@ -147,33 +246,42 @@ class DigitsMLP:
         return -jnp.mean(jnp.take_along_axis(logp, data["y"][:, None], axis=1))
 
     def metrics(self, params, data):
-        pred = jnp.argmax(self._logits(params, data["x_test"]), axis=1)
+        logits = self._logits(params, data["x_test"])
+        pred = jnp.argmax(logits, axis=1)
         hit = (pred == data["y_test"]).astype(jnp.float32)
         onehot = jax.nn.one_hot(data["y_test"], 10)
-        class_acc = hit @ onehot / jnp.maximum(onehot.sum(0), 1.0)
+        per_class = jnp.maximum(onehot.sum(0), 1.0)
+        class_acc = hit @ onehot / per_class
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), data["y_test"][:, None], axis=1)[:, 0]
+        class_loss = nll @ onehot / per_class
         return {"accuracy": jnp.mean(hit), "balanced_accuracy": jnp.mean(class_acc),
-                "worst_accuracy": jnp.min(class_acc), "class_accuracy": class_acc}
+                "worst_accuracy": jnp.min(class_acc), "class_accuracy": class_acc,
+                "balanced_loss": jnp.mean(class_loss), "class_loss": class_loss}
 
-    metric_dims = {"class_accuracy": ("class",)}  # noqa: RUF012
-
-
-DIGITS_LRS = {"gd": 0.5, "muon": 0.015, "shampoo": 0.05, "adam": 0.005}
-DIGITS_METRICS = ("loss", "accuracy", "balanced_accuracy", "worst_accuracy")
+    metric_dims = {"class_accuracy": ("class",), "class_loss": ("class",)}  # noqa: RUF012
 
 
-def digits_experiment(*, full: bool = False, seeds=None, ratio: float = 0.05, learning_rates=None,
-                      optimizers=("gd", "muon", "shampoo", "adam"), steps=None):
-    """Balanced/worst-class test accuracy over full-batch training (GD, Muon, Shampoo, Adam
-    from :mod:`specdyn`) of :class:`DigitsMLP` on long-tailed digits, each optimizer at its
-    best learning rate.
+# Centre of each optimizer's grid; the full-size grid is these × 3^k, k = −3..3 (seven rates).
+DIGITS_LRS = {"gd": 0.5, "ngd": 0.3, "specgd": 0.03, "muon": 0.015, "shampoo": 0.05, "adam": 0.005}
+DIGITS_FACTORS = tuple(3.0**k for k in range(-3, 4))
+DIGITS_METRICS = ("loss", "accuracy", "balanced_accuracy", "worst_accuracy", "balanced_loss")
+
+
+def digits_experiment(*, full: bool = False, seeds=None, imbalance_ratio: float = 10.0, learning_rates=None,
+                      optimizers=("gd", "ngd", "specgd", "muon", "shampoo", "adam"), steps=None):
+    """Balanced/worst-class test accuracy over full-batch training of :class:`DigitsMLP` on
+    long-tailed digits (imbalance ratio ρ = n_max/n_min), each optimizer (GD, NGD, SpecGD,
+    Muon, Shampoo, Adam from :mod:`specdyn`) at its best learning rate.
 
     ``learning_rates`` maps an optimizer to a rate or a list of rates; by default, full
-    size tries DIGITS_LRS × (1/9, 1/3, 1, 3, 9) and smoke size DIGITS_LRS alone. Selection rule
-    (:func:`specdyn.results.learning_rate_scores`): the rate whose final balanced test
-    accuracy, averaged over seeds, is largest; a rate at which any seed diverged scores −inf. Seeds and rates of
-    one optimizer run as one vmapped program. Smoke: 60 steps, 2 seeds; full: 600 steps,
-    5 seeds. Returns {optimizer: {metric: array (seed, record), "learning_rate": chosen,
-    "scores": {rate: mean final balanced accuracy}}, "step": steps}.
+    size tries DIGITS_LRS × DIGITS_FACTORS (seven rates a factor 3 apart) and smoke size
+    DIGITS_LRS alone. Selection rule: :data:`RULE`, the same as the long-tailed mixture
+    (lowest seed-mean balanced test cross-entropy reached during training; a rate at
+    which any seed diverged is never chosen). Seeds and rates of one optimizer run as one
+    vmapped program. Smoke: 60 steps, 2 seeds; full: 600 steps, 5 seeds. Returns
+    {optimizer: {metric: array (seed, record), "learning_rate": chosen, "scores": {rate:
+    score}, "interior": bool, "peak_balanced_accuracy": {rate: value}, "imbalance_ratio": ρ},
+    "step": steps}.
     """
     import specdyn as sd
     from specdyn.simulate import record_steps
@@ -181,15 +289,15 @@ def digits_experiment(*, full: bool = False, seeds=None, ratio: float = 0.05, le
     default_steps, rec = (600, 10) if full else (60, 10)
     steps = default_steps if steps is None else steps
     seeds = list(range(5 if full else 2)) if seeds is None else list(seeds)
-    datas = [long_tailed_digits(ratio, seed=s) for s in seeds]
+    datas = [long_tailed_digits(imbalance_ratio, seed=s) for s in seeds]
     data = jax.tree.map(lambda *a: jnp.stack(a), *datas)
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
     prob = DigitsMLP()
-    out = {}
+    out = {"step": record_steps(steps, rec)}
     for name in optimizers:
         given = (learning_rates or {}).get(name)
         if given is None:
-            given = [DIGITS_LRS[name] * f for f in ((1 / 9, 1 / 3, 1.0, 3.0, 9.0) if full else (1.0,))]
+            given = [DIGITS_LRS[name] * f for f in (DIGITS_FACTORS if full else (1.0,))]
         lrs = [float(v) for v in np.atleast_1d(given)]
 
         def run(lr, key, d, name=name):
@@ -199,27 +307,38 @@ def digits_experiment(*, full: bool = False, seeds=None, ratio: float = 0.05, le
         runs = jax.jit(jax.vmap(jax.vmap(run, in_axes=(None, 0, 0)), in_axes=(0, None, None)))(
             jnp.asarray(lrs, jnp.float32), keys, data)
         runs = {k: np.asarray(v) for k, v in runs.items()}
-        ds = xr.Dataset({"balanced_accuracy": (("lr", "seed", "step"), runs["balanced_accuracy"]),
-                         "diverged_at": (("lr", "seed"), runs["diverged_at"])})
-        score = learning_rate_scores(ds, "balanced_accuracy", mode="max").fillna(-np.inf).values
-        best = int(np.argmax(score))
+        ds = xr.Dataset({k: (("lr", "seed", "step"), runs[k]) for k in DIGITS_METRICS}
+                        | {"diverged_at": (("lr", "seed"), runs["diverged_at"])})
+        fill = np.inf if RULE["mode"] == "min" else -np.inf
+        score = learning_rate_scores(ds, RULE["metric"], mode=RULE["mode"], rule=RULE["rule"]).fillna(fill).values
+        best = int(np.argmin(score) if RULE["mode"] == "min" else np.argmax(score))
+        peak = learning_rate_scores(ds, "balanced_accuracy", mode="max", rule="peak").values
         out[name] = {k: runs[k][best] for k in DIGITS_METRICS}
         out[name]["learning_rate"] = lrs[best]
         out[name]["scores"] = dict(zip(lrs, score.tolist(), strict=True))
-        out["step"] = record_steps(steps, rec)
+        out[name]["interior"] = 0 < best < len(lrs) - 1
+        out[name]["peak_balanced_accuracy"] = dict(zip(lrs, peak.tolist(), strict=True))
+        out[name]["imbalance_ratio"] = float(imbalance_ratio)
     return out
 
 
 def digits_figure(result) -> plt.Figure:
-    """Balanced and worst-class test accuracy (mean ± range over seeds) per optimizer."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for ax, metric in zip(axes, ["balanced_accuracy", "worst_accuracy"], strict=True):
-        for name, r in result.items():
-            if name == "step":
-                continue
-            line, = ax.plot(result["step"], r[metric].mean(0), label=f"{name} (lr {r['learning_rate']:.3g})")
-            ax.fill_between(result["step"], r[metric].min(0), r[metric].max(0), color=line.get_color(), alpha=0.2)
-        ax.set(xlabel="step", title=f"long-tailed digits: {metric.replace('_', ' ')}")
-    axes[0].legend()
+    """Balanced and worst-class test accuracy (mean ± range over seeds) per optimizer at
+    its best rate (rule printed), and the highest balanced accuracy against the rate."""
+    names = [k for k in result if k != "step"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for k, name in enumerate(names):
+        r, color = result[name], f"C{k}"
+        for ax, metric in zip(axes[:2], ["balanced_accuracy", "worst_accuracy"], strict=True):
+            ax.plot(result["step"], r[metric].mean(0), color=color, label=f"{name} (lr {r['learning_rate']:.3g})")
+            ax.fill_between(result["step"], r[metric].min(0), r[metric].max(0), color=color, alpha=0.2)
+        rates = list(r["peak_balanced_accuracy"])
+        axes[2].plot(rates, list(r["peak_balanced_accuracy"].values()), "o-", ms=3, color=color, label=name)
+    rho = result[names[0]]["imbalance_ratio"]
+    for ax, metric in zip(axes[:2], ["balanced accuracy", "worst-class accuracy"], strict=True):
+        ax.set(xlabel="step", ylabel=f"test {metric}", title=f"digits, ρ = {rho:g}: {metric}")
+    axes[2].set(xscale="log", xlabel="learning rate", ylabel="peak balanced accuracy", title="every rate of the grid")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(rule_text(), fontsize=9)
     fig.tight_layout()
     return fig

@@ -290,7 +290,7 @@ def main(full: bool = False, seed: int = 0, out=None) -> dict:
                    "relu_restarts": restarts_figure(res["relu_restarts"]),
                    "growth": growth_figure(res["growth"])}
         for name, fig in figures.items():
-            fig.savefig(folder / f"{name}.png", dpi=120)
+            fig.savefig(folder / f"{name}.png", dpi=100)
             plt.close(fig)
     return res
 
