@@ -178,6 +178,7 @@ def phases(ds: xr.Dataset) -> Figure:
                 ax.text(e, 0.98, f" end {name}", transform=ax.get_xaxis_transform(),
                         va="top", fontsize=7, color="grey")
         ax.set_xlabel("step")
+        ax.set_xscale("symlog", linthresh=10)
         ax.legend(fontsize=7)
     axes[1].set_ylabel("largest principal angle (rad)")
     fig.suptitle(f"matrix sensing, {opt}: phase ends (seed 0) at steps "
