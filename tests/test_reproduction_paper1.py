@@ -172,3 +172,11 @@ def test_sliding_flow_tracks_sign_map_past_chattering(sliding):
 def test_sliding_flow_rejects_bad_eps():
     with pytest.raises(ValueError, match="eps"):
         sliding_flow(PhaseRetrieval(dim=8), [0.0, 1.0], eps=0.0)
+
+
+def test_lr_regimes_figure_draws_every_rate(rate_grid_run):
+    from matplotlib.figure import Figure
+
+    fig = ex.lr_regimes(rate_grid_run)
+    assert isinstance(fig, Figure) and len(fig.axes) == 3
+    assert "stays ≤ 0.1" in fig._suptitle.get_text()

@@ -221,7 +221,8 @@ def lr_regimes(ds, threshold=0.5, tol=0.1):
 def _title(ds):
     cfg = json.loads(ds.attrs.get("config", "{}")).get("fields", {})
     keys = [k for k in ("dim", "covariance", "spike", "exponent", "init_scale", "samples")
-            if k in cfg]
+            if k in cfg and k not in ds.dims and not (k == "exponent" and cfg.get("covariance") == "spiked")
+            and not (k == "spike" and cfg.get("covariance") == "power_law")]
     return "phase retrieval: " + ", ".join(f"{k}={cfg[k]}" for k in keys)
 
 
@@ -255,27 +256,39 @@ def spike_strengths(ds, threshold=0.5, tol=0.1):
 
 
 def escape_time_vs_dim(ds, threshold=0.5, tol=0.1):
-    """Escape step (solid) and time to accuracy (dashed) against d, each optimizer's rate tuned
-    per d (accuracy rule), log-log with fitted slopes; right: the best rate against d."""
+    """Left: escape step (solid) and time to accuracy (dashed) against d, each optimizer's rate
+    tuned per d (accuracy rule), log-log with fitted slopes. Middle: the escape step at each
+    fixed rate of the grid (slopes in the legend: the 1/m in f_W slows GD ∝ d at a fixed rate).
+    Right: the best rate against d."""
     best = best_rate_by_accuracy(ds, tol, threshold)
-    fig = Figure(figsize=(11, 4))
-    axes = fig.subplots(1, 2)
+    esc = escape_scores(ds, threshold)
+    fig = Figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3)
     x = ds["dim"].values.astype(float)
     for i, opt in enumerate(ds["optimizer"].values):
         b = _rest_first(best.sel(optimizer=opt), ("dim",))
         y = b["escape"].values
         lrs = b["learning_rate"].values
         ya = b["score"].values
+        edge = "" if bool(b["interior"].all()) else " (some best rates at a grid edge)"
+        axes[0].loglog(x, y, "o-", color=f"C{i}", label=f"{opt}: escape (slope {log_log_slope(x, y):.2f}){edge}")
         axes[0].loglog(x, ya, "s--", color=f"C{i}", ms=4,
                        label=f"{opt}: time to accuracy (slope {log_log_slope(x, ya):.2f})")
-        edge = "" if bool(b["interior"].all()) else " (some best rates at a grid edge)"
-        axes[0].loglog(x, y, "o-", color=f"C{i}", label=f"{opt} (slope {log_log_slope(x, y):.2f}){edge}")
-        axes[1].loglog(x, lrs, "o-", color=f"C{i}", label=f"{opt} (slope {log_log_slope(x, lrs):.2f})")
-    axes[0].set(xlabel="dimension d (= width m)", ylabel=f"escape step (stays > {threshold})")
-    axes[1].set(xlabel="dimension d", ylabel="best learning rate")
+        axes[2].loglog(x, lrs, "o-", color=f"C{i}", label=f"{opt} (slope {log_log_slope(x, lrs):.2f})")
+        e = _rest_first(esc.sel(optimizer=opt), ("dim", "lr"))
+        rates = ds["learning_rate"].sel(optimizer=opt).values
+        for j, lr in enumerate(rates):
+            yj = e.isel(lr=j).values
+            if np.isfinite(yj).sum() >= 3:
+                axes[1].loglog(x, yj, "o-", color=f"C{i}", lw=0.8, ms=3,
+                               label=f"{opt} lr={lr:g} (slope {log_log_slope(x, yj):.2f})")
+    axes[0].set(xlabel="dimension d (= width m)", ylabel="step", title="rate tuned per d")
+    axes[1].set(xlabel="dimension d", ylabel=f"escape step (stays > {threshold})",
+                title="fixed rates (all seen to escape at ≥ 3 d)")
+    axes[2].set(xlabel="dimension d", ylabel="best learning rate")
     for ax in axes:
-        ax.legend(fontsize=8)
-    fig.suptitle(_title(ds) + "; rate tuned per d\n" + ESCAPE_RULE.format(thr=threshold, tol=tol), fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(_title(ds) + "\n" + ESCAPE_RULE.format(thr=threshold, tol=tol), fontsize=9)
     fig.tight_layout()
     return fig
 
