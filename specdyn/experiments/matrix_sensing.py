@@ -179,6 +179,7 @@ def phases(ds: xr.Dataset) -> Figure:
                         va="top", fontsize=7, color="grey")
         ax.set_xlabel("step")
         ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlim(left=0)
         ax.legend(fontsize=7)
     axes[1].set_ylabel("largest principal angle (rad)")
     fig.suptitle(f"matrix sensing, {opt}: phase ends (seed 0) at steps "
