@@ -106,10 +106,10 @@ def test_metrics_match_scipy():
         np.testing.assert_allclose(met["test_error"], err, rtol=1e-10)
 
 
-def test_spectral_init_starts_at_spectral_estimate():
+def test_spectral_topk_init_starts_at_spectral_estimate():
     with jax.enable_x64(True):
         # population: 𝒜*(y) = XXᵀ, so U_spec U_specᵀ = XXᵀ and the error is O(α)
-        p = MatrixSensing(dim=8, rank=2, width=4, operator="population", init_type="spectral",
+        p = MatrixSensing(dim=8, rank=2, width=4, operator="population", init_type="spectral_topk",
                           init_scale=1e-6)
         params, data = _instance(p)
         assert float(p.metrics(params, data)["test_error"]) < 1e-5

@@ -10,7 +10,20 @@ Phase rule (:func:`phase_ends`), on a trajectory of metrics recorded at ``step``
 * phase III (local refinement) ends at the first recorded step from which ``test_error``
   stays ≤ ``plateau_factor`` · (its final value) (default 2): the error has plateaued.
 
-A phase that never ends gives NaN. The power-method prediction (:func:`power_method`) is
+A phase that never ends gives NaN.
+
+Plateau rule (:func:`plateau`): a run has reached its plateau at its horizon T when its test
+error changed by at most ``factor`` (default 1.1, i.e. 10%) over the last doubling of steps:
+err(T/2)/err(T) ≤ 1.1. Errors of runs that have not are errors at the stated horizon (upper
+bounds on their plateau), drawn hollow.
+
+Alignment phase (:func:`alignment_phase`): the power-method regime, which ends at the first
+step where σ_min(V_XᵀU) ≥ ``signal_fraction``·σ_min(X) (default 0.1; the cubic term of the
+gradient is then no longer negligible); reported: its length (that step) and the largest
+principal angle there, against the width k.
+
+Learning rates in :func:`methods`: each (optimizer, init) at its best rate by the smallest
+seed-mean final test error (``sd.results.best_learning_rate(ds, "test_error", rule="final")``). The power-method prediction (:func:`power_method`) is
 U_t = (I + μ𝒜*(y))^t U₀ — GD without its cubic term −μ𝒜*𝒜(UUᵀ)U, exact in the limit α → 0
 while ‖U_t‖ stays small.
 
@@ -24,15 +37,18 @@ import json
 
 import jax
 import jax.numpy as jnp
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 import numpy as np
 import xarray as xr
 
 from specdyn.problems.matrix_sensing import MatrixSensing
-from specdyn.results import log_log_slope, problem_of
+from specdyn.results import best_learning_rate, learning_rate_scores, log_log_slope, problem_of
 from specdyn.simulate import sample_run
 
 __all__ = [
+    "alignment_phase",
+    "alignment_vs_width",
+    "plateau",
     "error_vs_init_scale",
     "error_vs_width",
     "methods",
@@ -123,7 +139,7 @@ def _reduce_rest(da, keep):
 
 
 # ---------------------------------------------------------------- figures
-def phases(ds: xr.Dataset) -> plt.Figure:
+def phases(ds: xr.Dataset) -> Figure:
     """Test error, angle, σ_min(signal) and ‖noise‖ against step (first optimizer, lr, grid
     point; each seed a thin line), with the phase ends of seed 0 marked, and the power-method
     prediction of the angle (dashed, GD only) over phase I."""
@@ -134,7 +150,8 @@ def phases(ds: xr.Dataset) -> plt.Figure:
     prob = problem_of(ds, **{d: ds[d].values[i].item() for d, i in extra.items()})
     ends = phase_ends(sel.isel(seed=0), condition=prob.condition)
     steps = ds["step"].values
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for s in range(sel.sizes["seed"]):
         r = sel.isel(seed=s)
         a = 1.0 if s == 0 else 0.35
@@ -161,6 +178,8 @@ def phases(ds: xr.Dataset) -> plt.Figure:
                 ax.text(e, 0.98, f" end {name}", transform=ax.get_xaxis_transform(),
                         va="top", fontsize=7, color="grey")
         ax.set_xlabel("step")
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlim(left=0)
         ax.legend(fontsize=7)
     axes[1].set_ylabel("largest principal angle (rad)")
     fig.suptitle(f"matrix sensing, {opt}: phase ends (seed 0) at steps "
@@ -169,53 +188,150 @@ def phases(ds: xr.Dataset) -> plt.Figure:
     return fig
 
 
-def error_vs_init_scale(ds: xr.Dataset) -> plt.Figure:
-    """Final test error against α = init_scale (log-log, mean over seeds), one line per
-    optimizer (and per other swept dim's first value), with the fitted slope in the legend."""
-    final = _reduce_rest(ds["test_error"].isel(step=-1), ("optimizer", "init_scale"))
-    alpha = ds["init_scale"].values.astype(float)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for opt in final["optimizer"].values:
-        y = final.sel(optimizer=opt).values
-        ax.loglog(alpha, y, "o-", label=f"{opt} (slope {log_log_slope(alpha, y):.2f})")
-    ax.set(xlabel=r"init scale $\alpha$", ylabel=r"final $\|UU^T-XX^T\|_F/\|XX^T\|_F$",
-           title="test error vs initialization scale")
-    ax.legend()
+def plateau(err, steps, factor=1.1):
+    """(reached, ratio): ratio = err(T/2)/err(T) over the last axis (T the last recorded step,
+    T/2 the nearest recorded step), reached = ratio ≤ factor (the plateau rule)."""
+    err, steps = np.asarray(err, float), np.asarray(steps)
+    half = int(np.argmin(np.abs(steps - steps[-1] / 2)))
+    ratio = err[..., half] / err[..., -1]
+    return ratio <= factor, ratio
+
+
+def alignment_phase(ds, signal_fraction=0.1, condition=None):
+    """Length of the alignment (power-method) phase and the largest principal angle at its end,
+    per run: a Dataset with ``length`` and ``angle`` over the sweep's dims less ``step`` (NaN
+    if it never ends). σ_min(X) = 1/condition (the problem's field unless given)."""
+    cond = problem_of(ds).condition if condition is None else condition
+    hit = ds["sigma_min_signal"] >= signal_fraction / cond
+    steps = ds["step"].values
+    idx = hit.argmax("step")
+    ok = hit.any("step")
+    length = xr.DataArray(steps[idx.values], dims=idx.dims, coords=idx.coords).where(ok)
+    angle = ds["angle"].isel(step=idx).where(ok)
+    return xr.Dataset({"length": length.astype(float), "angle": angle.drop_vars("step", errors="ignore")})
+
+
+def _curves_and_finals(ds, dim, label, xlog):
+    err = _reduce_rest(ds["test_error"], ("step", dim, "seed"))
+    steps = ds["step"].values
+    xs = ds[dim].values.astype(float)
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
+    finals, reached_all = [], []
+    for i, x in enumerate(xs):
+        e = err.isel({dim: i})
+        m = e.mean("seed").values
+        reached, ratio = plateau(m, steps)
+        axes[0].loglog(steps[1:], m[1:], color=f"C{i % 10}",
+                       label=f"{label}={x:g}: err(T/2)/err(T)={ratio:.2f}")
+        finals.append(m[-1])
+        reached_all.append(bool(reached))
+    finals, reached_all = np.array(finals), np.array(reached_all)
+    axes[0].set(xlabel="step", ylabel="relative test error (seed mean)",
+                title=f"curves to the horizon T={steps[-1]}")
+    axes[0].legend(fontsize=7)
+    plot = axes[1].loglog if xlog else axes[1].semilogy
+    plot(xs, finals, "-", color="C0")
+    axes[1].plot(xs[reached_all], finals[reached_all], "o", color="C0", label="plateau reached")
+    axes[1].plot(xs[~reached_all], finals[~reached_all], "o", mfc="none", color="C0",
+                 label="still falling at T (error at T)")
+    for i, x in enumerate(xs):
+        for s_ in range(err.sizes["seed"]):
+            axes[1].plot([x], [float(err.isel({dim: i, "seed": s_, "step": -1}))], ".",
+                         color="grey", ms=3)
+    axes[1].set(xlabel=label, ylabel=f"test error at T={steps[-1]}")
+    return fig, axes, xs, finals, reached_all
+
+
+def error_vs_init_scale(ds: xr.Dataset) -> Figure:
+    """Left: test error against step for each α (seed mean). Right: error at the horizon
+    against α (log-log), filled where the plateau rule holds, hollow where the error is still
+    falling; slopes of log error vs log α over all points and over the plateaued ones."""
+    fig, axes, xs, finals, reached = _curves_and_finals(ds, "init_scale", "α", True)
+    s_all = log_log_slope(xs, finals)
+    s_pl = log_log_slope(xs[reached], finals[reached])
+    axes[1].set_title(f"slope {s_all:.2f} (all α), {s_pl:.2f} (plateaued α only)", fontsize=9)
+    axes[1].legend(fontsize=7)
+    prob = problem_of(ds)
+    fig.suptitle(f"matrix sensing, GD: n={prob.dim}, r={prob.rank}, k={prob.width}, "
+                 f"m={prob.measurements} (n(n+1)/2={prob.dim * (prob.dim + 1) // 2}); plateau rule: "
+                 "err(T/2)/err(T) ≤ 1.1", fontsize=9)
     fig.tight_layout()
     return fig
 
 
-def error_vs_width(ds: xr.Dataset) -> plt.Figure:
-    """Final test error against the width k (mean over seeds), one line per optimizer."""
-    final = _reduce_rest(ds["test_error"].isel(step=-1), ("optimizer", "width"))
-    k = ds["width"].values.astype(float)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for opt in final["optimizer"].values:
-        ax.semilogy(k, final.sel(optimizer=opt).values, "o-", label=str(opt))
-    ax.set(xlabel="width k", ylabel="final relative test error",
-           title="test error vs overparameterization")
-    ax.legend()
+def error_vs_width(ds: xr.Dataset) -> Figure:
+    """As :func:`error_vs_init_scale`, against the width k (first α, lr, optimizer)."""
+    fig, axes, xs, finals, reached = _curves_and_finals(ds, "width", "k", False)
+    axes[1].legend(fontsize=7)
+    prob = problem_of(ds)
+    fig.suptitle(f"matrix sensing, GD: n={prob.dim}, r={prob.rank}, m={prob.measurements}, "
+                 f"α={prob.init_scale:g}; plateau rule: err(T/2)/err(T) ≤ 1.1", fontsize=9)
     fig.tight_layout()
     return fig
 
 
-def methods(ds: xr.Dataset) -> plt.Figure:
-    """Test error against step for each (optimizer, init_type) on the same instances (mean over
-    seeds), each at its best learning rate: the lr index with the smallest mean final test
-    error (diverged runs are NaN and skipped)."""
-    err = _reduce_rest(ds["test_error"], ("optimizer", "init_type", "step", "lr"))
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    inits = err["init_type"].values if "init_type" in err.dims else [None]
-    for i, opt in enumerate(err["optimizer"].values):
+def alignment_vs_width(ds: xr.Dataset, signal_fraction=0.1) -> Figure:
+    """Left: largest principal angle against step for each width k (seed mean). Right: the
+    alignment phase against k — its length (steps until σ_min(V_XᵀU) ≥ 0.1·σ_min(X)) and the
+    angle at its end (seed mean, seeds as dots), and the step where the angle first is ≤ 0.25."""
+    sel = _reduce_rest(ds[["angle", "sigma_min_signal", "test_error"]], ("step", "width", "seed"))
+    sel.attrs = ds.attrs
+    ph = alignment_phase(sel, signal_fraction)
+    cond = problem_of(ds).condition
+    ends = phase_ends(sel, condition=cond).sel(phase="I")
+    ks = ds["width"].values.astype(float)
+    steps = ds["step"].values
+    fig = Figure(figsize=(12, 4))
+    axes = fig.subplots(1, 3)
+    for i, k in enumerate(ks):
+        axes[0].plot(steps, sel["angle"].isel(width=i).mean("seed"), color=f"C{i % 10}", label=f"k={k:g}")
+    axes[0].set(xlabel="step", ylabel="largest principal angle (rad)", title="angle (seed mean)",
+                xlim=(0, min(float(steps[-1]), 3 * float(np.nanmax(ends.values)))))
+    axes[0].legend(fontsize=7)
+    for name, ax, lab in (("angle", axes[1], "angle at the end of the alignment phase (rad)"),
+                          ("length", axes[2], "steps")):
+        v = ph[name]
+        ax.plot(ks, v.mean("seed"), "o-", color="C0", label=f"{name} at σ_min(signal) ≥ "
+                f"{signal_fraction:g}σ_min(X)")
+        for s_ in range(v.sizes["seed"]):
+            ax.plot(ks, v.isel(seed=s_), ".", color="grey", ms=3)
+        ax.set(xlabel="width k", ylabel=lab)
+    axes[2].plot(ks, ends.mean("seed"), "s--", color="C1", label="first step with angle ≤ 0.25")
+    for ax in axes[1:]:
+        ax.legend(fontsize=7)
+    prob = problem_of(ds)
+    fig.suptitle(f"alignment phase vs width: n={prob.dim}, r={prob.rank}, m={prob.measurements}, "
+                 f"condition={cond:g}, α={prob.init_scale:g}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def methods(ds: xr.Dataset) -> Figure:
+    """Test error against step for each (optimizer, init_type) on the same instances (seed
+    mean), each at its best learning rate (smallest seed-mean final test error; a rate where a
+    seed diverged is never chosen); the legend says whether that rate is interior."""
+    best = best_learning_rate(ds, "test_error", mode="min", rule="final")
+    score = learning_rate_scores(ds, "test_error", mode="min", rule="final")
+    n_lr = ds.sizes["lr"]
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
+    inits = ds["init_type"].values if "init_type" in ds.dims else [None]
+    for i, opt in enumerate(ds["optimizer"].values):
         for j, it in enumerate(inits):
-            e = err.sel(optimizer=opt) if it is None else err.sel(optimizer=opt, init_type=it)
-            best = int(e.isel(step=-1).fillna(np.inf).argmin("lr"))
-            lr = float(ds["learning_rate"].sel(optimizer=opt).isel(lr=best))
-            e = e.isel(lr=best)
+            b = best.sel(optimizer=opt) if it is None else best.sel(optimizer=opt, init_type=it)
+            sc = score.sel(optimizer=opt) if it is None else score.sel(optimizer=opt, init_type=it)
+            sc = _reduce_rest(sc, ("lr",))
+            idx = int(sc.fillna(np.inf).argmin("lr"))
+            edge = "" if 0 < idx < n_lr - 1 else ", grid edge!"
+            e = _reduce_rest(b["test_error"], ("step", "seed")).mean("seed")
+            lr = float(np.asarray(b["learning_rate"]).ravel()[0])
             ax.semilogy(ds["step"], e, color=f"C{i}", ls=["-", "--", ":"][j % 3],
-                        label=f"{opt} lr={lr:g}, {it or 'random'} init "
-                              f"(final {float(e[-1]):.1e})")
-    ax.set(xlabel="step", ylabel="relative test error", title="GD vs SpecGD vs spectral init")
+                        label=f"{opt}, {it or 'random'} init, lr={lr:g}{edge} (final {float(e[-1]):.1e})")
+    ax.set(xlabel="step", ylabel="relative test error")
     ax.legend(fontsize=7)
+    prob = problem_of(ds)
+    fig.suptitle(f"n={prob.dim}, r={prob.rank}, k={prob.width}, m={prob.measurements}, α={prob.init_scale:g}; "
+                 "rule: each at the rate (log grid) with the smallest final test error", fontsize=8)
     fig.tight_layout()
     return fig

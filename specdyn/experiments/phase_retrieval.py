@@ -1,18 +1,75 @@
-"""Phase retrieval experiments: stage detection, figures and the GD vs SpecGD demo."""
+"""Phase retrieval experiments (PAPERS.md §1): escape detection, the learning-rate rule,
+figures and the GD vs SpecGD demo.
+
+Learning-rate rule used by every figure that compares optimizers (printed on the figure):
+
+* **accuracy rule** (:func:`best_rate_by_accuracy`): a run's time to accuracy is the first
+  recorded step from which the distance ‖M − θθᵀ‖_F stays ≤ ``tol`` (0.1; ‖θθᵀ‖_F = 1) until
+  the end of the run; a rate scores the seed mean of these steps, and is out if any seed
+  diverged or never got there; the best rate has the smallest score (ties: the smaller final
+  distance). The escape step (first step from which the alignment θᵀMθ/‖M‖_F stays > 0.5,
+  :func:`escape_time` with ``stay=True``) is then reported at the chosen rates. Tuning on the
+  escape step alone is degenerate for SpecGD: its sign update aligns in a couple of steps at
+  any rate ≳ 1 and then chatters with amplitude ~lr around the solution, which alignment
+  (scale-free) does not see but the distance does.
+* **distance rule** (finite samples, label noise): the smallest seed-mean distance
+  ‖M − θθᵀ‖_F over the run (``rule="peak"``: oracle early stopping, fair when noisy labels are
+  overfitted late; ``rule="final"``: at the last step), via
+  ``sd.results.best_learning_rate(ds, "distance", mode="min", rule=...)``.
+
+A best rate at either end of its grid is reported as such (``interior`` is False) in the
+figure's legend. Claims that hold at every rate (GD's spike amplification and its loss of
+alignment) are drawn over the whole grid: :func:`lr_regimes`.
+
+Figure functions take a sweep Dataset and return a :class:`matplotlib.figure.Figure`; none
+switches the matplotlib backend.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import xarray as xr
+from matplotlib.figure import Figure
 
-from specdyn.results import log_log_slope
+from specdyn.results import best_learning_rate, learning_rate_scores, log_log_slope
+
+__all__ = [
+    "ESCAPE_RULE",
+    "DISTANCE_RULE",
+    "accuracy_scores",
+    "best_rate_by_accuracy",
+    "best_rate_by_distance",
+    "escape_scores",
+    "demo",
+    "escape_time",
+    "escape_time_vs_dim",
+    "first_crossing",
+    "label_noise",
+    "lr_regimes",
+    "peak_spike_step",
+    "power_law",
+    "sliding_figure",
+    "spike_strengths",
+]
+
+ESCAPE_RULE = ("rule: each optimizer at the rate (log grid) with the smallest seed-mean step from "
+               "which ‖M−θθᵀ‖_F stays ≤ {tol:g}; escape = first step from which alignment stays > {thr:g}")
+DISTANCE_RULE = ("rule: each optimizer at the rate (log grid) with the smallest seed-mean ‖M−θθᵀ‖_F "
+                 "({when})")
 
 
-def _first_above(x, threshold, steps):
-    x = np.asarray(x)
+# ---------------------------------------------------------------- threshold crossings
+def first_crossing(x, threshold, steps, *, stay=False):
+    """First entry of ``steps`` where ``x`` (..., step) is > ``threshold`` (NaN if never);
+    with ``stay=True``, the first step from which it stays > threshold to the last entry.
+    NaN values (a diverged run) count as below the threshold."""
+    x = np.asarray(x, dtype=float)
     hit = x > threshold
+    if stay:
+        hit = np.flip(np.logical_and.accumulate(np.flip(hit, -1), -1), -1)
     idx = np.argmax(hit, axis=-1)
     out = np.asarray(steps)[idx].astype(float)
     return np.where(hit.any(axis=-1), out, np.nan)
@@ -30,13 +87,15 @@ def _along_steps(data, name, steps, reduce):
     return reduce(np.asarray(data), steps)
 
 
-def escape_time(alignment, steps=None, threshold=0.5):
-    """First step with alignment > threshold (NaN if never).
+def escape_time(alignment, steps=None, threshold=0.5, *, stay=False):
+    """First step with alignment > threshold (NaN if never); ``stay=True``: the first step
+    from which it stays above until the end (the escape rule).
 
     numpy: ``alignment`` (..., step) with ``steps`` (step,). xarray: a DataArray with a
     ``step`` dim (or a Dataset with an ``alignment`` variable), vectorised over other dims.
     """
-    return _along_steps(alignment, "alignment", steps, lambda x, st: _first_above(x, threshold, st))
+    return _along_steps(alignment, "alignment", steps,
+                        lambda x, st: first_crossing(x, threshold, st, stay=stay))
 
 
 def peak_spike_step(spike_ratio, steps=None):
@@ -44,13 +103,317 @@ def peak_spike_step(spike_ratio, steps=None):
     return _along_steps(spike_ratio, "spike_ratio", steps, lambda x, st: st[np.nanargmax(x, axis=-1)])
 
 
-def demo(out_dir, dim=32, spike=30.0, steps=3000, init_scale=0.01):
-    """GD vs SpecGD on the population loss at a strong spike; writes PNGs into out_dir."""
-    import jax
-    import matplotlib
+# ---------------------------------------------------------------- the learning-rate rule
+def escape_scores(ds, threshold=0.5):
+    """Seed-mean escape step (alignment stays > threshold) of every (optimizer, lr, grid
+    point); NaN where a seed diverged or never escaped."""
+    et = escape_time(ds["alignment"], threshold=threshold, stay=True)
+    diverged = (ds["diverged_at"] >= 0).any("seed")
+    return et.mean("seed", skipna=False).where(~diverged)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def accuracy_scores(ds, tol=0.1):
+    """Seed-mean time to accuracy (distance stays ≤ tol) of every (optimizer, lr, grid point);
+    NaN where a seed diverged or never got there."""
+    t = _along_steps(-ds["distance"], "distance", None,
+                     lambda x, st: first_crossing(x, -tol, st, stay=True))
+    diverged = (ds["diverged_at"] >= 0).any("seed")
+    return t.mean("seed", skipna=False).where(~diverged)
+
+
+def _pick(ds, score):
+    """ds with lr selected by the smallest score (ties: smaller final distance), plus
+    ``best_index`` and ``interior`` variables over the remaining dims."""
+    dist = ds["distance"].isel(step=-1).mean("seed")
+    # lexicographic (score, distance): score first, distance breaks ties
+    key = score.fillna(np.inf) + 1e-9 * dist.fillna(np.inf).clip(max=1e6) / 1e6
+    best = key.argmin("lr").drop_vars("step", errors="ignore")
+    score = score.drop_vars("step", errors="ignore")
+    out = ds.isel(lr=best)
+    n = ds.sizes["lr"]
+    out["best_index"] = best
+    out["interior"] = (best > 0) & (best < n - 1) & np.isfinite(score.isel(lr=best))
+    out["score"] = score.isel(lr=best)
+    return out
+
+
+def best_rate_by_accuracy(ds, tol=0.1, threshold=0.5):
+    """``ds`` at each optimizer's (and grid point's) best rate by the accuracy rule (module
+    docstring); adds ``best_index``, ``interior`` (best not at a grid end, and it got there),
+    ``score`` (its seed-mean time to accuracy) and ``escape`` (its seed-mean escape step)."""
+    out = _pick(ds, accuracy_scores(ds, tol))
+    out["escape"] = escape_scores(ds, threshold).isel(lr=out["best_index"])
+    return out
+
+
+def best_rate_by_distance(ds, rule="peak"):
+    """``ds`` at each optimizer's best rate by the distance rule (``rule`` "peak": smallest
+    over the run; "final": at the last step), with the same added variables as
+    :func:`best_rate_by_accuracy` (via ``sd.results.best_learning_rate``)."""
+    out = best_learning_rate(ds, "distance", mode="min", rule=rule)
+    score = learning_rate_scores(ds, "distance", mode="min", rule=rule)
+    best = score.fillna(np.inf).argmin("lr")
+    n = ds.sizes["lr"]
+    out["best_index"] = best
+    out["interior"] = (best > 0) & (best < n - 1)
+    out["score"] = score.isel(lr=best)
+    return out
+
+
+def _rest_first(da, keep):
+    return da.isel({d: 0 for d in da.dims if d not in keep})
+
+
+def _label(opt, sel):
+    lr = float(sel["learning_rate"])
+    edge = "" if bool(sel["interior"]) else ", at grid edge!"
+    return f"{opt} lr={lr:.3g}{edge}"
+
+
+# ---------------------------------------------------------------- figures
+def lr_regimes(ds, threshold=0.5, tol=0.1):
+    """Over the whole rate grid, per optimizer (mean over seeds, other grid dims at index 0):
+    time to accuracy (solid; the best rate circled) and escape step (dashed), the minimum
+    alignment over the run against its start, and the peak spike ratio b/a. Diverged rates
+    are marked x."""
+    sc = accuracy_scores(ds, tol)
+    esc = escape_scores(ds, threshold)
+    min_al = ds["alignment"].min("step").mean("seed")
+    al0 = ds["alignment"].isel(step=0).mean("seed")
+    peak = ds["spike_ratio"].max("step").mean("seed")
+    div = (ds["diverged_at"] >= 0).any("seed")
+    best = best_rate_by_accuracy(ds, tol, threshold)
+    fig = Figure(figsize=(13, 4))
+    axes = fig.subplots(1, 3)
+    for i, opt in enumerate(ds["optimizer"].values):
+        keep = ("lr",)
+        lr = ds["learning_rate"].sel(optimizer=opt).values.astype(float)
+        s = _rest_first(sc.sel(optimizer=opt), keep).values
+        d = _rest_first(div.sel(optimizer=opt), keep).values
+        col = f"C{i}"
+        b = _rest_first(best.sel(optimizer=opt), ())
+        axes[0].loglog(lr, s, "o-", color=col, label=_label(opt, b) + f": to accuracy {float(b['score']):g}")
+        axes[0].loglog(lr, _rest_first(esc.sel(optimizer=opt), keep).values, "s--", color=col,
+                       ms=4, label=f"{opt}: escape step (escape {float(b['escape']):g} at best)")
+        axes[0].plot([float(b["learning_rate"])], [float(b["score"])], "o", ms=12, mfc="none", color=col)
+        ma = np.where(d, np.nan, _rest_first(min_al.sel(optimizer=opt), keep).values)
+        axes[1].semilogx(lr, ma, "o-", color=col, label=f"{opt}: min over run")
+        axes[1].axhline(float(_rest_first(al0.sel(optimizer=opt), keep).mean()), color=col, ls=":",
+                        lw=1, label=f"{opt}: at step 0")
+        pk = np.where(d, np.nan, _rest_first(peak.sel(optimizer=opt), keep).values)
+        axes[2].loglog(lr, pk, "o-", color=col, label=opt)
+        for ax in axes:
+            if d.any():
+                ax.plot(lr[d], np.full(d.sum(), ax.get_ylim()[0] if ax is not axes[1] else 0.0),
+                        "x", color=col, ms=9)
+    axes[0].set(xlabel="learning rate", ylabel="step")
+    axes[1].set(xlabel="learning rate", ylabel="alignment", yscale="log",
+                title="min alignment over the run, every rate")
+    axes[2].set(xlabel="learning rate", ylabel="peak b/a = ‖Wv‖/‖Wθ‖", title="spike amplification")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.suptitle(_title(ds) + "\n" + ESCAPE_RULE.format(thr=threshold, tol=tol) + "; x = diverged",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _title(ds):
+    cfg = json.loads(ds.attrs.get("config", "{}")).get("fields", {})
+    keys = [k for k in ("dim", "covariance", "spike", "exponent", "init_scale", "samples")
+            if k in cfg and k not in ds.dims and not (k == "exponent" and cfg.get("covariance") == "spiked")
+            and not (k == "spike" and cfg.get("covariance") == "power_law")]
+    return "phase retrieval: " + ", ".join(f"{k}={cfg[k]}" for k in keys)
+
+
+def spike_strengths(ds, threshold=0.5, tol=0.1):
+    """Alignment against step at each spike strength λ, each optimizer at its best rate per λ
+    (accuracy rule), and the minimum alignment against λ over every rate of the grid."""
+    best = best_rate_by_accuracy(ds, tol, threshold)
+    opts = list(ds["optimizer"].values)
+    spikes = ds["spike"].values
+    fig = Figure(figsize=(5 * (len(opts) + 1), 4))
+    axes = fig.subplots(1, len(opts) + 1)
+    steps = ds["step"].values
+    for j, opt in enumerate(opts):
+        for i, lam in enumerate(spikes):
+            b = best.sel(optimizer=opt).isel(spike=i)
+            axes[j].plot(steps, b["alignment"].mean("seed"), color=f"C{i}",
+                         label=f"λ={lam:g}: " + _label(opt, b).split(" ", 1)[1])
+        axes[j].set(xscale="symlog", xlabel="step", ylabel="alignment", title=f"{opt} at best rate")
+        axes[j].legend(fontsize=7)
+        min_al = ds["alignment"].sel(optimizer=opt).min("step").mean("seed")
+        div = (ds["diverged_at"].sel(optimizer=opt) >= 0).any("seed")
+        min_al = min_al.where(~div)
+        axes[-1].fill_between(spikes, min_al.min("lr"), min_al.max("lr"), color=f"C{j}", alpha=0.3,
+                              label=f"{opt}: range over non-diverged rates")
+    axes[-1].axhline(float(ds["alignment"].isel(step=0).mean()), color="k", ls=":", label="at step 0")
+    axes[-1].set(xscale="log", yscale="log", xlabel="spike λ", ylabel="min alignment over run")
+    axes[-1].legend(fontsize=7)
+    fig.suptitle(_title(ds) + "\n" + ESCAPE_RULE.format(thr=threshold, tol=tol), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def escape_time_vs_dim(ds, threshold=0.5, tol=0.1):
+    """Left: escape step (solid) and time to accuracy (dashed) against d, each optimizer's rate
+    tuned per d (accuracy rule), log-log with fitted slopes. Middle: the escape step at each
+    fixed rate of the grid (slopes in the legend: the 1/m in f_W slows GD ∝ d at a fixed rate).
+    Right: the best rate against d."""
+    best = best_rate_by_accuracy(ds, tol, threshold)
+    esc = escape_scores(ds, threshold)
+    fig = Figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3)
+    x = ds["dim"].values.astype(float)
+    for i, opt in enumerate(ds["optimizer"].values):
+        b = _rest_first(best.sel(optimizer=opt), ("dim",))
+        y = b["escape"].values
+        lrs = b["learning_rate"].values
+        ya = b["score"].values
+        edge = "" if bool(b["interior"].all()) else " (some best rates at a grid edge)"
+        axes[0].loglog(x, y, "o-", color=f"C{i}", label=f"{opt}: escape (slope {log_log_slope(x, y):.2f}){edge}")
+        axes[0].loglog(x, ya, "s--", color=f"C{i}", ms=4,
+                       label=f"{opt}: time to accuracy (slope {log_log_slope(x, ya):.2f})")
+        axes[2].loglog(x, lrs, "o-", color=f"C{i}", label=f"{opt} (slope {log_log_slope(x, lrs):.2f})")
+        e = _rest_first(esc.sel(optimizer=opt), ("dim", "lr"))
+        rates = ds["learning_rate"].sel(optimizer=opt).values
+        for j, lr in enumerate(rates):
+            yj = e.isel(lr=j).values
+            if np.isfinite(yj).sum() >= 3:
+                axes[1].loglog(x, yj, "o-", color=f"C{i}", lw=0.8, ms=3,
+                               label=f"{opt} lr={lr:g} (slope {log_log_slope(x, yj):.2f})")
+    axes[0].set(xlabel="dimension d (= width m)", ylabel="step", title="rate tuned per d")
+    axes[1].set(xlabel="dimension d", ylabel=f"escape step (stays > {threshold})",
+                title="fixed rates (all seen to escape at ≥ 3 d)")
+    axes[2].set(xlabel="dimension d", ylabel="best learning rate")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.suptitle(_title(ds) + "\n" + ESCAPE_RULE.format(thr=threshold, tol=tol), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def power_law(ds, threshold=0.5, tol=0.1):
+    """Normalised power-law Σ: alignment against step at each exponent (best rate per exponent,
+    accuracy rule) and the escape step / min alignment against the exponent."""
+    best = best_rate_by_accuracy(ds, tol, threshold)
+    opts = list(ds["optimizer"].values)
+    ex = ds["exponent"].values
+    fig = Figure(figsize=(5 * (len(opts) + 1), 4))
+    axes = fig.subplots(1, len(opts) + 1)
+    steps = ds["step"].values
+    for j, opt in enumerate(opts):
+        for i, e in enumerate(ex):
+            b = _rest_first(best.sel(optimizer=opt).isel(exponent=i), ("seed", "step"))
+            axes[j].plot(steps, b["alignment"].mean("seed"), color=f"C{i}",
+                         label=f"exponent {e:g}: " + _label(opt, b).split(" ", 1)[1])
+        axes[j].set(xscale="symlog", xlabel="step", ylabel="alignment", title=f"{opt} at best rate")
+        axes[j].legend(fontsize=7)
+        b = _rest_first(best.sel(optimizer=opt), ("exponent",))
+        axes[-1].plot(ex, b["escape"], "o-", color=f"C{j}", label=f"{opt}: escape step (best rate)")
+        axes[-1].plot(ex, b["score"], "s--", color=f"C{j}", ms=4, label=f"{opt}: time to accuracy")
+    axes[-1].set(xlabel="power-law exponent", ylabel="escape step", yscale="log")
+    axes[-1].legend(fontsize=7)
+    fig.suptitle(_title(ds) + "\n" + ESCAPE_RULE.format(thr=threshold, tol=tol), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def label_noise(ds, rule="peak"):
+    """Finite samples with label noise: the distance ‖M − θθᵀ‖_F (smallest over the run for
+    ``rule="peak"``, final for "final") against the sample count, one line per (optimizer,
+    noise level), each at its best rate (distance rule)."""
+    best = best_rate_by_distance(ds, rule)
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    n = ds["samples"].values.astype(float) if "samples" in ds.dims else None
+    noise = ds["label_noise"].values if "label_noise" in ds.dims else [0.0]
+    for i, opt in enumerate(ds["optimizer"].values):
+        for j, s in enumerate(noise):
+            b = best.sel(optimizer=opt)
+            if "label_noise" in b.dims:
+                b = b.isel(label_noise=j)
+            lrs = ", ".join(f"{v:.2g}" for v in np.atleast_1d(b["learning_rate"].values))
+            edge = "" if bool(b["interior"].all()) else " (edge!)"
+            ax.loglog(n, np.asarray(b["score"]), marker="o", color=f"C{i}", ls=["-", "--", ":"][j % 3],
+                      label=f"{opt}, σ={s:g}, lr per n: {lrs}{edge}")
+    ax.set(xlabel="samples n", ylabel=f"‖M − θθᵀ‖_F ({'min over the run' if rule == 'peak' else 'final'})")
+    ax.legend(fontsize=7)
+    when = "min over the run: oracle early stopping" if rule == "peak" else "final"
+    fig.suptitle(_title(ds) + "\n" + DISTANCE_RULE.format(when=when), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def sliding_figure(dim=16, spike=10.0, init_scale=0.01, lr=0.01, steps=1500, record_every=10):
+    """SpecGD past chattering (float64): the full simulation, the sign map and the sliding
+    (Filippov) flow of the reduced (a, b, c) dynamics against t = lr·step; right: the
+    distance of full and map from the flow. Returns (figure, summary)."""
+    import jax
+
+    import specdyn as sd
+    from specdyn.problems.phase_retrieval import PhaseRetrieval
+    from specdyn.reduced.phase_retrieval import sliding_flow, spectral_map, switching_functions
+
+    with jax.enable_x64(True):
+        p = PhaseRetrieval(dim=dim, spike=spike, init_scale=init_scale)
+        full = sd.simulate(p, sd.spectral_gd(lr, method="svd"), key=jax.random.PRNGKey(0),
+                           steps=steps, record_every=record_every)
+        full = {k: np.asarray(v) for k, v in full.items() if k != "params"}
+        red = {k: np.abs(np.asarray(v)) for k, v in spectral_map(p, lr, steps + 1, record_every).items()}
+        t = full["step"] * lr
+        flow = {k: np.asarray(v) for k, v in sliding_flow(p, t).items()}
+        h = np.stack([np.asarray(x) for x in switching_functions(p, red["a"], red["b"], red["c"])])
+    # first step at which the map sits within lr of a zero of some g (it starts chattering)
+    chat = (np.abs(np.diff(np.sign(h), axis=1)) > 0).any(0) | (red["b"][1:] < lr) | (red["c"][1:] < lr)
+    t_chat = float(t[1:][np.argmax(chat)]) if chat.any() else float("nan")
+    fig = Figure(figsize=(12, 4))
+    axes = fig.subplots(1, 2)
+    for k, col in zip("abc", ["C0", "C1", "C2"]):
+        axes[0].plot(t, full[k], color=col, lw=2, alpha=0.6, label=f"{k}: full SpecGD")
+        axes[0].plot(t, red[k][: len(t)], "--", color="k", lw=0.8, label="sign map" if k == "a" else None)
+        axes[0].plot(t, flow[k], ":", color="m", lw=1.5, label="sliding flow" if k == "a" else None)
+        axes[1].semilogy(t, np.abs(full[k] - flow[k]) + 1e-9, color=col, label=f"|{k}_full − {k}_flow|")
+        axes[1].semilogy(t, np.abs(red[k][: len(t)] - flow[k]) + 1e-9, "--", color=col, lw=0.8,
+                         label=f"|{k}_map − {k}_flow|")
+    for ax in axes:
+        if np.isfinite(t_chat):
+            ax.axvline(t_chat, color="grey", ls=":", lw=1)
+            ax.text(t_chat, 0.98, " map starts chattering", transform=ax.get_xaxis_transform(),
+                    va="top", fontsize=7, color="grey")
+        ax.set_xlabel("t = lr · step")
+        ax.legend(fontsize=7)
+    axes[0].set(ylabel="coefficient")
+    axes[1].set_ylim(bottom=1e-8)
+    fig.suptitle(f"SpecGD on phase retrieval past chattering: d=m={dim}, λ={spike:g}, α={init_scale:g}, "
+                 f"lr={lr:g} (float64)", fontsize=9)
+    fig.tight_layout()
+    after = t > t_chat if np.isfinite(t_chat) else np.zeros_like(t, bool)
+    summary = {
+        "t_chatter": t_chat,
+        "max_map_minus_flow": {k: float(np.max(np.abs(red[k][: len(t)] - flow[k]))) for k in "abc"},
+        "max_full_minus_flow_after_chatter": {
+            k: float(np.max(np.abs(full[k] - flow[k])[after])) if after.any() else float("nan")
+            for k in "abc"},
+        "final": {"full": {k: float(full[k][-1]) for k in "abc"},
+                  "flow": {k: float(flow[k][-1]) for k in "abc"}},
+    }
+    return fig, summary
+
+
+# ---------------------------------------------------------------- the demo
+DEMO_RATES = {"gd": [0.3, 1.0, 3.0, 10.0, 30.0], "specgd": [0.01, 0.03, 0.1, 0.3, 1.0]}
+
+
+def demo(out_dir, dim=32, spike=30.0, steps=400, init_scale=0.01, threshold=0.5, tol=0.1,
+         learning_rates=None):
+    """GD vs SpecGD on the population loss at a strong spike, each at its best rate from a
+    5-rate log grid by the accuracy rule; writes two PNGs into out_dir: alignment against
+    step, and (a, b, c) with the reduced maps overlaid (the SpecGD sliding flow is in
+    :func:`sliding_figure`, slower: its stiff solve compiles for tens of seconds).
+    ``learning_rates``: ``{"gd": [...], "specgd": [...]}`` (default :data:`DEMO_RATES`).
+    Returns figures, a summary per optimizer, the rule and the sweep's Dataset."""
+    import jax
 
     import specdyn as sd
     from specdyn.problems.phase_retrieval import PhaseRetrieval
@@ -58,128 +421,52 @@ def demo(out_dir, dim=32, spike=30.0, steps=3000, init_scale=0.01):
 
     os.makedirs(out_dir, exist_ok=True)
     p = PhaseRetrieval(dim=dim, spike=spike, init_scale=init_scale)
-    lrs = {"gd": 0.5, "specgd": 0.01}  # GD: largest stable-ish step at λ=30, d=32
-    runs = {
-        "gd": (sd.gd(lrs["gd"]), reduced_gd_map),
-        "specgd": (sd.spectral_gd(lrs["specgd"], method="svd"), spectral_map),
-    }
-    res, red = {}, {}
-    for name, (opt, fn) in runs.items():
-        res[name] = {
-            k: np.asarray(v)
-            for k, v in sd.simulate(p, opt, key=jax.random.PRNGKey(0), steps=steps, record_every=10).items()
-            if k != "params"
-        }
-        red[name] = {k: np.abs(np.asarray(v)) for k, v in fn(p, lrs[name], steps, 10).items()}
+    ds = sd.sweep(p, optimizers={"gd": sd.gd, "specgd": lambda lr: sd.spectral_gd(lr, method="svd")},
+                  learning_rates=learning_rates or DEMO_RATES, seeds=1, steps=steps, record_every=1, progress=False)
+    best = best_rate_by_accuracy(ds, tol, threshold)
+    runs = list(ds["optimizer"].values)
+    lrs = {o: float(best["learning_rate"].sel(optimizer=o)) for o in runs}
+    res = {o: best.sel(optimizer=o).isel(seed=0) for o in runs}
+    steps_arr = ds["step"].values
+    red = {"gd": reduced_gd_map(p, lrs["gd"], steps, 1), "specgd": spectral_map(p, lrs["specgd"], steps, 1)}
     figs = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in runs:
-        ax.plot(res[name]["step"], res[name]["alignment"], label=f"{name} (lr={lrs[name]:.3g})")
-    ax.set_xscale("symlog", linthresh=10)
-    ax.set_xlabel("step")
-    ax.set_ylabel(r"alignment $\theta^T M\theta/\|M\|_F$")
-    ax.set_title(f"phase retrieval, spiked λ={spike:g}, d={dim}")
-    ax.legend()
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for o in runs:
+        ax.plot(steps_arr, res[o]["alignment"], label=f"{o} ({_label(o, res[o]).split(' ', 1)[1]})")
+    ax.set(xscale="symlog", xlabel="step", ylabel=r"alignment $\theta^T M\theta/\|M\|_F$",
+           title=f"phase retrieval, spiked λ={spike:g}, d={dim}")
+    ax.legend(fontsize=8)
+    fig.text(0.01, 0.01, ESCAPE_RULE.format(thr=threshold, tol=tol), fontsize=6)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     path = os.path.join(out_dir, "phase_retrieval_alignment.png")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fig.savefig(path, dpi=100)
     figs.append(path)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, name in zip(axes, runs):
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, o in zip(axes, runs):
         for k, col in zip("abc", ["C0", "C1", "C2"]):
-            ax.plot(res[name]["step"], res[name][k], color=col, label=f"{k} (full)")
-            ax.plot(
-                red[name]["step"],
-                red[name][k],
-                "--",
-                color="k",
-                lw=0.8,
-                label="reduced map" if k == "a" else None,
-            )
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_title(name)
-        ax.legend()
+            ax.plot(steps_arr, res[o][k], color=col, label=f"{k} (full)")
+            ax.plot(red[o]["step"], np.abs(np.asarray(red[o][k])), "--", color="k", lw=0.8,
+                    label=("reduced map" if k == "a" else None))
+        ax.set(yscale="log", xlabel="step", title=f"{o}, lr={lrs[o]:.3g}")
+        ax.legend(fontsize=7)
     axes[0].set_ylabel("coefficient (a=‖Wθ‖, b=‖Wv‖, c)")
-    path = os.path.join(out_dir, "phase_retrieval_abc.png")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = os.path.join(out_dir, "phase_retrieval_abc.png")
+    fig.savefig(path, dpi=100)
     figs.append(path)
     summary = {
-        name: {
-            "final_alignment": float(res[name]["alignment"][-1]),
-            "escape_step": int(escape_time(res[name]["alignment"], res[name]["step"])),
-            "peak_spike_ratio_b_over_a": float(np.nanmax(res[name]["spike_ratio"])),
-            "learning_rate": lrs[name],
+        o: {
+            "learning_rate": lrs[o],
+            "best_rate_interior": bool(best["interior"].sel(optimizer=o)),
+            "time_to_accuracy": float(best["score"].sel(optimizer=o)),
+            "escape_step": float(best["escape"].sel(optimizer=o)),
+            "final_alignment": float(res[o]["alignment"][-1]),
+            "min_alignment": float(res[o]["alignment"].min()),
+            "peak_spike_ratio_b_over_a": float(np.nanmax(res[o]["spike_ratio"])),
         }
-        for name in runs
+        for o in runs
     }
-    return {"figures": figs, "summary": summary}
-
-
-def escape_time_vs_dim(ds, threshold=0.5):
-    """Escape time (first step with alignment > threshold, mean over seeds) against dim on
-    log-log axes, one line per optimizer, with fitted slopes in the legend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    et = escape_time(ds["alignment"], threshold=threshold)
-    for dim in [d for d in et.dims if d not in ("optimizer", "dim")]:
-        et = et.mean(dim) if dim == "seed" else et.isel({dim: 0})
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for opt in et["optimizer"].values:
-        y = et.sel(optimizer=opt).values
-        x = et["dim"].values.astype(float)
-        slope = log_log_slope(x, y)
-        label = str(opt) + ("" if np.isnan(slope) else f" (slope {slope:.2f})")
-        ax.loglog(x, y, "o-", label=label)
-    ax.set_xlabel("dimension d")
-    ax.set_ylabel(f"escape step (alignment > {threshold})")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def lr_regimes(ds, threshold=0.5):
-    """Learning-rate regimes: final alignment (left) and escape step, the first step with
-    alignment > threshold (right), against the learning rate, one line per optimizer (mean
-    over seeds; other swept dims at their first value). Diverged runs (``diverged_at`` >= 0)
-    are marked with an x at alignment 0 and left out of the escape panel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    al = ds["alignment"]
-    et = escape_time(al, threshold=threshold)
-    final = al.isel(step=-1)
-    div = ds["diverged_at"] >= 0 if "diverged_at" in ds else final.isnull()
-    extra = [d for d in final.dims if d not in ("optimizer", "lr", "seed")]
-    sel = {d: 0 for d in extra}
-    final, et, div = final.isel(sel), et.isel(sel), div.isel({d: 0 for d in extra if d in div.dims})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for i, opt in enumerate(ds["optimizer"].values):
-        lr = ds["learning_rate"].sel(optimizer=opt).values.astype(float)
-        f = final.sel(optimizer=opt).where(~div.sel(optimizer=opt))
-        d_any = div.sel(optimizer=opt)
-        d_any = d_any.any("seed").values if "seed" in d_any.dims else d_any.values
-        fm = f.mean("seed").values if "seed" in f.dims else f.values
-        e = et.sel(optimizer=opt)
-        em = e.mean("seed").values if "seed" in e.dims else e.values
-        col = f"C{i}"
-        axes[0].semilogx(lr, fm, "o-", color=col, label=str(opt))
-        if d_any.any():
-            axes[0].semilogx(lr[d_any], np.zeros(d_any.sum()), "x", color=col, ms=9,
-                             label=f"{opt} diverged")
-        axes[1].loglog(lr, em, "o-", color=col, label=str(opt))
-    axes[0].set(xlabel="learning rate", ylabel="final alignment", ylim=(-0.05, 1.05))
-    axes[0].legend()
-    axes[1].set(xlabel="learning rate", ylabel=f"escape step (alignment > {threshold})")
-    axes[1].legend()
-    fig.suptitle("phase retrieval: learning-rate regimes")
-    fig.tight_layout()
-    return fig
+    return {"figures": figs, "summary": summary, "rule": ESCAPE_RULE.format(thr=threshold, tol=tol),
+            "results": ds}

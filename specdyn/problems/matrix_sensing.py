@@ -22,8 +22,12 @@ Memory rule: the gaussian operator is stored as the dense (m, n, n) array ``A``,
 
 Initialization: U₀ = α·U_rand (α = ``init_scale``), U_rand with i.i.d. N(0, 1/k) entries, so
 each row of U₀ has expected squared norm α². ``init_type="spectral"`` starts instead from
-U₀ = U_spec + α·U_rand, U_spec = V_k diag(sqrt(max(λ, 0))) from the top-k eigenpairs (λ, V_k) of
-𝒜*(y) (= XXᵀ for the population operator). Since ``init(key)`` sees no data, U_spec is stored
+U₀ = U_spec + α·U_rand with U_spec = [V_r diag(sqrt(max(λ, 0))), 0] (n×k): the top-r eigenpairs
+(λ, V_r) of 𝒜*(y) (= XXᵀ for the population operator) in the first r columns and zeros in the
+other k − r, so for k > r those columns start α-small like a random init (the fair comparison
+with small random init: the same α-small part, plus the rank-r spectral estimate).
+``init_type="spectral_topk"`` uses the top-k eigenpairs instead (k − r columns start on noise
+eigenvectors of 𝒜*(y) with O(1) size). Since ``init(key)`` sees no data, U_spec is stored
 in the data dict (key ``"U_spec"``) and the factor is U = U_spec + params["U"]
 (:meth:`MatrixSensing.factor`): a fixed shift, so every gradient — and every optimizer that
 acts on gradients only (GD, SpecGD, Muon, Adam; not weight decay) — is that of U itself.
@@ -50,7 +54,7 @@ __all__ = ["MAX_OPERATOR_ENTRIES", "MatrixSensing"]
 
 MAX_OPERATOR_ENTRIES = 2**25  # m·n² entries of the dense gaussian operator, per run
 _OPERATORS = ("gaussian", "population")
-_INITS = ("random", "spectral")
+_INITS = ("random", "spectral", "spectral_topk")
 
 
 def _is_int(v) -> bool:
@@ -121,15 +125,18 @@ class MatrixSensing:
         return q * s[None, :]
 
     def spectral_estimate(self, data):
-        """U_spec = V_k diag(sqrt(max(λ, 0))), (λ, V_k) the top-k eigenpairs of 𝒜*(y)."""
+        """U_spec (n×k): the top-r eigenpairs (λ, V) of 𝒜*(y) as V diag(sqrt(max(λ, 0))) then
+        zero columns (``init_type="spectral"``), or the top-k eigenpairs (``"spectral_topk"``)."""
         if self.operator == "population":
             x = data["X"]
             mat = x @ x.T
         else:
             mat = self.adjoint(data["y"], data)
         lam, vec = jnp.linalg.eigh((mat + mat.T) / 2)
-        lam, vec = lam[::-1][: self.width], vec[:, ::-1][:, : self.width]
-        return vec * jnp.sqrt(jnp.maximum(lam, 0.0))[None, :]
+        top = self.width if self.init_type == "spectral_topk" else self.rank
+        lam, vec = lam[::-1][:top], vec[:, ::-1][:, :top]
+        u = vec * jnp.sqrt(jnp.maximum(lam, 0.0))[None, :]
+        return jnp.pad(u, ((0, 0), (0, self.width - top)))
 
     # ---- problem protocol -----------------------------------------------------------
     def init(self, key):
@@ -144,7 +151,7 @@ class MatrixSensing:
             g = jax.random.normal(ka, (self.measurements, self.dim, self.dim))
             data["A"] = (g + jnp.swapaxes(g, -1, -2)) / 2
             data["y"] = self.measure(x @ x.T, data)
-        if self.init_type == "spectral":
+        if self.init_type != "random":
             data["U_spec"] = self.spectral_estimate(data)
         return data
 

@@ -9,7 +9,9 @@ the population loss is
 Covariances (fixed by the fields, never by the key):
 
 * ``"spiked"``: Σ = I + (λ−1) v vᵀ with θ = e₁ and v = e₂ (v ⟂ θ, variance λ = spike).
-* ``"power_law"``: Σ = diag(k^{−α}), k = 1..d (α = exponent). θ = e_i with i = 0 for
+* ``"power_law"``: Σ = d·diag(k^{−α})/H, k = 1..d (α = exponent), normalised by
+  H = Σ_k k^{−α} so that tr Σ = d (the average variance is 1, as for Σ = I; α = 0 is the
+  identity). θ = e_i with i = 0 for
   ``signal_placement="top"``, d−1 for ``"bottom"``, the given int, or a fixed random unit
   vector (PRNGKey(0)) for ``"random"``. The competitor direction v is the top-variance
   eigenvector e₀ projected orthogonally to θ (e₁ when θ = e₀).
@@ -43,7 +45,7 @@ class PhaseRetrieval:
     width: int | None = static(None)  # m (None: m = d)
     covariance: str = static("spiked")
     spike: float = 10.0  # λ: variance along v (spiked)
-    exponent: float = 1.0  # α: power-law decay k^{-α}
+    exponent: float = 1.0  # α: power-law decay k^{-α} (normalised: tr Σ = d)
     signal_placement: str | int = static("top")  # power law only
     samples: int | None = static(None)  # n (None: population loss)
     label_noise: float = 0.0
@@ -89,7 +91,8 @@ class PhaseRetrieval:
         d = self.dim
         if self.covariance == "spiked":
             return jnp.ones(d).at[1].set(self.spike)
-        return jnp.arange(1, d + 1, dtype=jnp.result_type(float)) ** (-self.exponent)
+        k = jnp.arange(1, d + 1, dtype=jnp.result_type(float)) ** (-self.exponent)
+        return d * k / jnp.sum(k)
 
     def covariance_matrix(self):
         """Σ (d×d)."""

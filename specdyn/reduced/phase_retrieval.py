@@ -19,6 +19,22 @@ the gradient flow is (ȧ, ḃ, ċ) = −(g_a, g_b, g_c) (time t = η·step). The
 (a,b,c) ← (a,b,c) − η sign(g_a, g_b, g_c); its flow is ȧ = −sign(g_a) etc. (a discontinuous ODE:
 once a coefficient reaches a zero of its g it chatters with amplitude η in the map; the
 full-matrix polar factor is then ill-conditioned, since that singular value of ∇L is ~0).
+Past the first switching: the sliding (Filippov) solution. Write g_a = (a/m)h_a,
+g_b = (λb/m)h_b, g_c = (c/m)h_c with the switching functions h_a = T + 2(p−1), h_b = T + 2λq,
+h_c = T + 2r, so sign(g_i) = sign(x_i)·sign(h_i) for x = (a, b, c) ≥ 0. Each surface h_i = 0 is
+attracting (∂h_a/∂a = 6a/m, ∂h_b/∂b = 6λb/m, ∂h_c/∂c = 2dc/m, all > 0 for x_i > 0), and so is x_i = 0
+where h_i > 0; on such a surface the Filippov solution slides: the coefficient moves with the
+velocity in [−1, 1] that keeps it on the surface (the equivalent control), and the sign map
+chatters around it with amplitude η, its average following the sliding solution with an
+O(η) error. :func:`sliding_flow` computes that solution by the boundary-layer
+regularisation sign(s) → sat(s/ε) = clip(s/ε, −1, 1), i.e.
+
+    ẋ_i = −sat(x_i/ε)·sat(h_i/ε),
+
+a Lipschitz ODE whose solution converges to the Filippov solution as ε → 0 (error O(ε) on
+the sliding surfaces, Utkin's boundary layer); it is solved with diffrax (Tsit5, PID).
+The regularisation needs x_i ≫ ε at the start (α ≫ ε), else the start is slowed.
+
 Note c is the coefficient of U₃Pᵀ, i.e. ‖WP‖_F/sqrt(d−2), and g_c is its per-direction
 gradient (∂L/∂c = (d−2) g_c).
 """
@@ -111,5 +127,52 @@ def gradient_flow(problem, t_save, rtol=1e-8, atol=1e-10, max_steps=100_000):
 
 
 def spectral_flow(problem, t_save, rtol=1e-6, atol=1e-9, max_steps=100_000):
-    """SpecGD flow (ȧ,ḃ,ċ) = −sign(g) (discontinuous; valid until a coefficient hits a zero of g)."""
+    """SpecGD flow (ȧ,ḃ,ċ) = −sign(g) taken literally (discontinuous): valid until a coefficient
+    reaches a zero of its g; after that the solver chatters and stops at ``max_steps``. Use
+    :func:`sliding_flow` to continue past that point."""
     return _flow(problem, t_save, True, rtol, atol, max_steps)
+
+
+def switching_functions(problem, a, b, c):
+    """(h_a, h_b, h_c) with g_a = (a/m)h_a, g_b = (λb/m)h_b, g_c = (c/m)h_c."""
+    m, d, lam = _consts(problem)
+    p, q, r = a**2 / m, b**2 / m, c**2 / m
+    t = (p - 1.0) + lam * q + (d - 2) * r
+    return t + 2 * (p - 1.0), t + 2 * lam * q, t + 2 * r
+
+
+def sliding_flow(problem, t_save, eps=1e-4, rtol=1e-7, atol=1e-9, max_steps=100_000, solver=None):
+    """The Filippov (sliding-mode) solution of the SpecGD flow ẋ = −sign(g(x)), x = (a, b, c),
+    valid for all times: ẋ_i = −sat(x_i/ε)·sat(h_i/ε) (module docstring), solved with diffrax
+    (default solver Kvaerno5, implicit: on a sliding surface the regularised ODE is stiff, with
+    rate ~1/ε, and an explicit solver needs ~ε-sized steps there). Needs float64.
+
+    Compare with :func:`spectral_map` at t = lr·step: the map chatters around the sliding
+    solution with amplitude lr. Returns a, b, c, t, loss and alignment at ``t_save``.
+    """
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps=}")
+    t_save = jnp.asarray(t_save, dtype=jnp.result_type(float))
+    sat = lambda s: jnp.clip(s / eps, -1.0, 1.0)  # noqa: E731
+
+    def vf(t, y, args):
+        h = switching_functions(problem, *y)
+        return tuple(-sat(x) * sat(hx) for x, hx in zip(y, h))
+
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(vf), diffrax.Kvaerno5() if solver is None else solver, t0=0.0,
+        t1=t_save[-1], dt0=None, y0=_init(problem), saveat=diffrax.SaveAt(ts=t_save),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps,
+    )
+    out = {k: y for k, y in zip("abc", sol.ys)}
+    out["t"] = t_save
+    out["loss"] = reduced_loss(problem, out["a"], out["b"], out["c"])
+    out["alignment"] = reduced_alignment(problem, out["a"], out["b"], out["c"])
+    return out
+
+
+def reduced_alignment(problem, a, b, c):
+    """θᵀMθ/‖M‖_F on the manifold: a²/sqrt(a⁴ + b⁴ + (d−2)c⁴)."""
+    d = problem.dim
+    return a**2 / jnp.sqrt(a**4 + b**4 + (d - 2) * c**4)
