@@ -44,7 +44,7 @@ def test_simulate_matches_python_loop(name, lr):
 
 def test_records_are_before_the_update_and_final_params_returned():
     out = sd.simulate(PROBLEM, sd.gd(0.2), key=jax.random.PRNGKey(0), steps=7, record_every=3)
-    np.testing.assert_array_equal(np.asarray(out["step"]), [0, 3, 6])
+    np.testing.assert_array_equal(np.asarray(out["step"]), [0, 3, 6, 7])  # the last step is always recorded
     data = PROBLEM.sample(jax.random.split(jax.random.PRNGKey(0))[1])
     params0 = PROBLEM.init(jax.random.split(jax.random.PRNGKey(0))[0])
     np.testing.assert_allclose(out["loss"][0], PROBLEM.loss(params0, data), rtol=1e-6)
@@ -52,6 +52,7 @@ def test_records_are_before_the_update_and_final_params_returned():
     again = sd.simulate(PROBLEM, sd.gd(0.2), key=jax.random.PRNGKey(0), steps=1, params=out["params"])
     ref = reference_loop(PROBLEM, sd.gd(0.2), jax.random.PRNGKey(0), 7, 7)
     np.testing.assert_allclose(again["loss"][0], ref[-1], rtol=1e-5)
+    np.testing.assert_allclose(out["loss"][-1], ref[-1], rtol=1e-5)
 
 
 def test_explicit_data_replaces_sample():
@@ -90,6 +91,7 @@ def test_float64_when_x64_enabled():
         (dict(steps=0), "steps=0"),
         (dict(steps=5, record_every=0), "record_every=0"),
         (dict(steps=2.5), "steps=2.5"),
+        (dict(steps=5, record_every=6), "record_every=6 > steps=5"),
     ],
 )
 def test_simulate_rejects_bad_lengths(kwargs, match):
