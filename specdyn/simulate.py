@@ -288,7 +288,7 @@ _rule_programs = functools.lru_cache(maxsize=64)(_rule_program)
 def group_rates(rule, multipliers, problems, data) -> jax.Array:
     """Learning rates ``multipliers × rule(problem, data)`` of a batch of groups: (groups, rates)."""
     base = _rule_programs(rule)(problems, data)
-    return base[:, None] * jnp.asarray(np.asarray(multipliers, float))[None, :]
+    return base[:, None] * jax.device_put(np.asarray(multipliers, float))[None, :]
 
 
 def single_device():
@@ -337,7 +337,7 @@ def run_groups(
     if rule is not None:
         rates = group_rates(rule, rates, problems, data)
     else:
-        rates = jnp.broadcast_to(jnp.asarray(np.asarray(rates, float)), (n_groups, len(rates)))
+        rates = np.broadcast_to(np.asarray(rates, float), (n_groups, len(rates)))
     rates = jax.device_put(rates, shard)
     state = _start_program(rates, params, recipe=recipe, shard=shard)
     kept = []
@@ -367,7 +367,7 @@ def _run_traced(problem, optimizer, key, data, params, steps, record_every):
 
 def _leading(tree):
     """Add a leading axis of length 1 to every leaf (numbers become strong-typed arrays)."""
-    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x) if not isinstance(x, jax.Array) else x)[None], tree)
+    return jax.tree.map(lambda x: x[None] if isinstance(x, jax.Array) else jax.device_put(np.asarray(x)[None]), tree)
 
 
 def simulate(problem, optimizer, *, key, steps: int, record_every: int = 1, data=None, params=None) -> dict:
@@ -404,7 +404,7 @@ def simulate(problem, optimizer, *, key, steps: int, record_every: int = 1, data
         )
     check_run_lengths(steps, record_every)
     steps, record_every = int(steps), int(record_every)
-    out = {"step": jnp.asarray(record_steps(steps, record_every))}
+    out = {"step": jax.device_put(record_steps(steps, record_every).astype(np.int32))}
     recipe, rate = recipe_of(optimizer)
     if _traced((problem, key, data, params, rate)):
         state, records = _run_traced(problem, optimizer, key, data, params, steps, record_every)
@@ -422,7 +422,7 @@ def simulate(problem, optimizer, *, key, steps: int, record_every: int = 1, data
         data=None if data is None else _leading(data),
         params=None if params is None else _leading(params),
     )
-    out.update({k: jnp.asarray(v[0, 0]) for k, v in records.items()})
+    out.update({k: jax.device_put(v[0, 0]) for k, v in records.items()})
     first = lambda tree: jax.tree.map(lambda x: x[0, 0], tree)
     out["diverged_at"] = first(state.diverged_at)
     out["params"] = first(state.params)

@@ -244,10 +244,13 @@ def _batched(problem, values_per_group: dict, n_groups: int):
     out = []
     for name, leaf in zip(data_fields(problem), leaves, strict=True):
         if name in values_per_group:
-            out.append(jnp.asarray(np.asarray(values_per_group[name])))
+            out.append(jax.device_put(np.asarray(values_per_group[name])))
         else:
-            leaf = leaf if isinstance(leaf, jax.Array) else jnp.asarray(np.asarray(leaf))
-            out.append(jnp.broadcast_to(leaf, (n_groups, *leaf.shape)))
+            if isinstance(leaf, jax.Array):
+                out.append(jnp.broadcast_to(leaf, (n_groups, *leaf.shape)))
+            else:
+                leaf = np.asarray(leaf)
+                out.append(jax.device_put(np.broadcast_to(leaf, (n_groups, *leaf.shape))))
     return jax.tree.unflatten(treedef, out)
 
 
