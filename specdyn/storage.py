@@ -113,7 +113,7 @@ class CellStore:
         """The arrays of cell ``index``; ``runs`` checks its number of runs."""
         f = self._file(index)
         try:
-            with np.load(f) as z:
+            with open(f, "rb") as handle, np.load(handle, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         except Exception as err:  # zip, pickle, OS errors: all mean "not a usable cell"
             raise ValueError(
