@@ -135,7 +135,7 @@ def _rules(learning_rates, names) -> tuple[dict, dict]:
         elif callable(value):
             rules[name] = LearningRateRule(value)
     if isinstance(learning_rates, Mapping):
-        plain = {n: (list(r.multipliers) if n in rules else v) for n, v in learning_rates.items()}
+        plain = {n: (list(rules[n].multipliers) if n in rules else v) for n, v in learning_rates.items()}
     else:
         plain = learning_rates
     return rules, plain

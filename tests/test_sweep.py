@@ -269,3 +269,65 @@ def test_draw_program_equals_the_default_compilation(name):
     want = jax.jit(jax.vmap(sample_run))(problems, keys)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------ given data, rate rules
+
+
+def test_given_data_shared_or_per_seed_equals_simulate_on_that_data():
+    problem = sd.problems.MatrixLeastSquares(rows=5, cols=4, samples=12, init_scale=1.0)
+    per_seed = {s: problem.sample(jax.random.PRNGKey(100 + s)) for s in (0, 1)}
+    kw = dict(optimizers=["gd"], learning_rates=[0.1, 0.3], seeds=[0, 1], steps=10, record_every=5, progress=False)
+    shared = sweep(problem, data=per_seed[1], **kw)
+    by_seed = sweep(problem, data=lambda seed: per_seed[seed], **kw)
+    for seed in (0, 1):
+        for i, lr in enumerate([0.1, 0.3]):
+            key = jax.random.PRNGKey(seed)
+            want = sd.simulate(problem, sd.gd(lr), key=key, steps=10, record_every=5, data=per_seed[1])
+            np.testing.assert_allclose(shared["loss"].sel(seed=seed).isel(lr=i).squeeze(), want["loss"], rtol=1e-6)
+            want = sd.simulate(problem, sd.gd(lr), key=key, steps=10, record_every=5, data=per_seed[seed])
+            np.testing.assert_allclose(by_seed["loss"].sel(seed=seed).isel(lr=i).squeeze(), want["loss"], rtol=1e-6)
+    assert json.loads(shared.attrs["config"])["data"] != json.loads(sweep(problem, data=per_seed[0], **kw).attrs["config"])["data"]
+    other = {k: v + 1.0 for k, v in per_seed[0].items()}
+    with count_compiles() as compiles:
+        sweep(problem, data=other, **kw)
+    assert compiles == []
+    with pytest.raises(ValueError, match="data must be a dict"):
+        sweep(problem, data=[1, 2], **kw)
+
+
+def test_rate_rules_of_the_data_make_one_sweep_equal_to_runs_at_those_rates():
+    # Paper 3: GD at n/||A||_op^2 and SpecGD (nuclear scaling) at n/||A||_F^2, x 0.5 and x 1.
+    from specdyn.problems.random_features import gd_learning_rate, spectral_learning_rate
+
+    import functools
+
+    with jax.enable_x64(True):
+        problem = sd.problems.RandomFeatures(dim=6, feature_dim=8, samples=20)
+        specgd = functools.partial(sd.get_optimizer, "specgd", nuclear_scaling=True, method="svd")
+        ds = sweep(
+            problem,
+            optimizers={"gd": None, "specgd": specgd},
+            learning_rates={
+                "gd": sd.LearningRateRule(lambda p, d: gd_learning_rate(d), (0.5, 1.0)),
+                "specgd": sd.LearningRateRule(lambda p, d: spectral_learning_rate(d), (0.5, 1.0)),
+            },
+            seeds=[0, 1],
+            steps=12,
+            record_every=4,
+            progress=False,
+        )
+        np.testing.assert_allclose(ds["learning_rate"].values, [[0.5, 1.0], [0.5, 1.0]])
+        for seed in (0, 1):
+            data = problem.sample(jax.random.split(jax.random.PRNGKey(seed))[1])
+            base = {"gd": float(gd_learning_rate(data)), "specgd": float(spectral_learning_rate(data))}
+            for name in ("gd", "specgd"):
+                for i, mult in enumerate((0.5, 1.0)):
+                    lr = mult * base[name]
+                    got = ds.sel(optimizer=name, seed=seed).isel(lr=i)
+                    np.testing.assert_allclose(float(got["effective_learning_rate"]), lr, rtol=1e-12)
+                    opt = sd.get_optimizer(name, lr) if name == "gd" else specgd(lr)
+                    want = sd.simulate(problem, opt, key=jax.random.PRNGKey(seed), steps=12, record_every=4)
+                    np.testing.assert_allclose(got["loss"].values, np.asarray(want["loss"]), rtol=1e-6)
+    with pytest.raises(ValueError, match="multipliers must be finite numbers > 0"):
+        sd.LearningRateRule(lambda p, d: 1.0, (0.0,))
