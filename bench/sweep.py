@@ -5,8 +5,8 @@ One grid: a d x d matrix least-squares problem (d = 64, n = 4d samples),
 float32, timed four ways:
 
   (a) sd.sweep: one vmapped scan per optimizer;
-  (b) a Python loop of jitted single runs, learning rate baked in as a constant
-      (one compilation per learning rate);
+  (b) a Python loop of hand-written jitted single runs (one lax.scan each), learning
+      rate baked in as a constant (one compilation per learning rate);
   (c) the same loop with the learning rate traced (one compilation);
   (d) a PyTorch eager loop (CPU) doing the same updates.
 
@@ -16,9 +16,10 @@ float64 they agree to 1e-15 on the non-oscillating rates); compare medians.
 
 Compilation is included in every JAX timing (it is part of what a user waits
 for); (a) is also reported warm. Prints a markdown table; run with
-``python bench/sweep.py [--steps N] [--dim D]``. Where this Python has no PyTorch
-(the CPU wheel at hand is for Python 3.11 only), ``--torch-python PY`` times (d)
-in that interpreter, within the same run, right after the others.
+``python bench/sweep.py [--steps N] [--dim D] [--skip-torch] [--skip-baked]``.
+Where this Python has no PyTorch (the CPU wheel at hand is for Python 3.11 only),
+``--torch-python PY`` times (d) in that interpreter, within the same run, right
+after the others.
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ def one_run(problem, factory, lr, key, steps, record_every):
 
 
 def run_loop(problem, seeds, steps, *, traced: bool):
-    """A Python loop over runs; each run one jitted scan (lr constant or traced), the same steps as sd.simulate."""
-    from specdyn.simulate import advance, finish, init_run
+    """A Python loop over runs; each run one hand-written jitted scan (lr constant or traced):
+    init, sample, records every steps/10 steps and at the last step, the same steps as sd.simulate."""
+    import optax
 
     every = steps // 10
     finals = {}
@@ -91,16 +93,28 @@ def run_loop(problem, seeds, steps, *, traced: bool):
 
         def run(key, lr, factory=factory):
             opt = factory(lr)
-            state, data = init_run(problem, opt, key)
-            state, _ = advance(problem, opt, state, data, records=steps // every, record_every=every, total_steps=steps)
-            _, last = finish(problem, opt, state, data, steps=steps, record_every=every)
-            return last["loss"]
+            init_key, data_key = jax.random.split(key)
+            data, params = problem.sample(data_key), problem.init(init_key)
+
+            def step(carry, _):
+                p, s = carry
+                u, s = opt.update(jax.grad(problem.loss)(p, data), s, p)
+                return (optax.apply_updates(p, u), s), None
+
+            def slot(carry, _):
+                record = problem.metrics(carry[0], data)
+                carry, _ = jax.lax.scan(step, carry, None, length=every)
+                return carry, record
+
+            carry, _ = jax.lax.scan(slot, (params, opt.init(params)), None, length=steps // every)
+            carry, _ = jax.lax.scan(step, carry, None, length=steps % every)
+            return problem.metrics(carry[0], data)["loss"]
 
         traced_run = jax.jit(run)
         for lr in learning_rates(name):
             fn = traced_run if traced else jax.jit(lambda key, lr=lr, run=run: run(key, lr))
             for s in range(seeds):
-                finals[name, lr, s] = float(fn(jax.random.PRNGKey(s), lr)[-1])
+                finals[name, lr, s] = float(fn(jax.random.PRNGKey(s), lr))
     return finals
 
 
@@ -175,6 +189,7 @@ def main():
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--skip-baked", action="store_true", help="skip (b), the loop that recompiles per lr")
     parser.add_argument("--torch-python", help="time (d) with this Python (one that has PyTorch)")
     parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -198,8 +213,9 @@ def main():
     rows.append(("(a) sd.sweep again (programs reused, no compile)", t_a_warm))
     others = {}
     if not args.sweep_only:
-        t_b, others["(b)"] = timed(run_loop, problem, args.seeds, args.steps, traced=False)
-        rows.append(("(b) loop of jitted runs, lr baked in (recompiles per lr)", t_b))
+        if not args.skip_baked:
+            t_b, others["(b)"] = timed(run_loop, problem, args.seeds, args.steps, traced=False)
+            rows.append(("(b) loop of jitted runs, lr baked in (recompiles per lr)", t_b))
         t_c, others["(c)"] = timed(run_loop, problem, args.seeds, args.steps, traced=True)
         rows.append(("(c) loop of jitted runs, lr traced (one compile)", t_c))
         if args.torch_python:

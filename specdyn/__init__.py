@@ -11,6 +11,7 @@ from specdyn.layerwise import layerwise_criterion
 from specdyn.layerwise import layerwise_metrics
 from specdyn.layerwise import matrix_paths
 from specdyn.optimizers import OPTIMIZERS
+from specdyn.optimizers import Optimizer
 from specdyn.optimizers import adam
 from specdyn.optimizers import gd
 from specdyn.optimizers import get_optimizer
@@ -25,6 +26,7 @@ from specdyn.problem import problem
 from specdyn.problem import require
 from specdyn.problem import static
 from specdyn.simulate import simulate
+from specdyn.sweep import LearningRateRule
 from specdyn.sweep import sweep
 from specdyn.transforms import normalize_frobenius
 from specdyn.transforms import scale_by_polar
@@ -35,6 +37,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "OPTIMIZERS",
+    "LearningRateRule",
+    "Optimizer",
     "adam",
     "frobenius_norm",
     "gd",

@@ -2,11 +2,21 @@
 
 Every optimizer takes ``learning_rate`` as a float, a traced array or an optax
 schedule, so a jitted update vmapped over learning rates compiles once.
+
+Each factory returns an :class:`Optimizer`: an ``optax.GradientTransformation``
+(``isinstance`` holds, ``optax.chain`` accepts it) that also carries the factory
+that built it, its static options and its learning rate. The training engine
+(:func:`specdyn.simulate`, :func:`specdyn.sweep`) rebuilds it from
+``factory(traced_rate, **options)``, so it compiles once per (problem shapes,
+factory, options) and treats the rate as data.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
+import math
+import numbers
 from collections.abc import Callable
 
 import jax
@@ -18,6 +28,7 @@ from specdyn.transforms import normalize_frobenius, scale_by_polar, scale_by_sha
 
 __all__ = [
     "OPTIMIZERS",
+    "Optimizer",
     "adam",
     "gd",
     "get_optimizer",
@@ -27,6 +38,76 @@ __all__ = [
     "sign_gd",
     "spectral_gd",
 ]
+
+
+class Optimizer(optax.GradientTransformation):
+    """An ``optax.GradientTransformation`` that knows how it was made.
+
+    Attributes (besides ``init`` and ``update``):
+      factory: the public factory that built it (e.g. :func:`spectral_gd`);
+      options: its keyword options, defaults filled in, as a sorted tuple of
+        ``(name, value)`` pairs (hashable when every value is);
+      learning_rate: the rate it was built with (float, array or schedule).
+
+    ``optimizer.factory(rate, **dict(optimizer.options))`` rebuilds it at another
+    rate; :attr:`recipe` is ``(factory, options)`` when that pair is hashable and
+    the rate a number (what the engine compiles for), else None.
+    """
+
+    # No __slots__: a NamedTuple subclass with a __dict__ can carry the attributes.
+
+    @property
+    def recipe(self):
+        if callable(self.learning_rate):  # a schedule: part of the program
+            return None
+        try:
+            hash((self.factory, self.options))
+        except TypeError:
+            return None
+        return (self.factory, self.options)
+
+    def __repr__(self):
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options)
+        name = getattr(self.factory, "__name__", repr(self.factory))
+        return f"{name}({self.learning_rate!r}{', ' if opts else ''}{opts})"
+
+
+def check_learning_rate(value, name: str = "learning_rate") -> None:
+    """Refuse a negative or non-finite number; arrays, tracers and schedules pass."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if not (math.isfinite(float(value)) and float(value) >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {name}={float(value)!r}")
+    elif isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {name}={value!r}")
+
+
+def _recognisable(factory):
+    """Make ``factory(learning_rate, **options)`` return an :class:`Optimizer`."""
+    signature = inspect.signature(factory)
+
+    @functools.wraps(factory)
+    def build(learning_rate, **options):
+        check_learning_rate(learning_rate)
+        if options.get("adam_learning_rate") is not None:
+            check_learning_rate(options["adam_learning_rate"], "adam_learning_rate")
+        tx = factory(learning_rate, **options)
+        bound = signature.bind(learning_rate, **options)
+        bound.apply_defaults()
+        opts = {}
+        for key, value in bound.arguments.items():
+            if key == "learning_rate":
+                continue
+            if signature.parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
+                opts.update(value)
+            else:
+                opts[key] = value
+        out = Optimizer(tx.init, tx.update)
+        out.factory = build
+        out.options = tuple(sorted(opts.items()))
+        out.learning_rate = learning_rate
+        return out
+
+    return build
 
 
 def _keep_dtype(tx: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -44,11 +125,13 @@ def _keep_dtype(tx: optax.GradientTransformation) -> optax.GradientTransformatio
     return optax.GradientTransformation(tx.init, update_fn)
 
 
+@_recognisable
 def gd(learning_rate) -> optax.GradientTransformation:
     """Plain gradient descent W ← W − lr·G (= ``optax.sgd``)."""
     return _keep_dtype(optax.sgd(learning_rate))
 
 
+@_recognisable
 def spectral_gd(learning_rate, *, nuclear_scaling: bool = False, **polar_kwargs) -> optax.GradientTransformation:
     """SpecGD: W ← W − lr·U Vᵀ, or W ← W − lr·‖G‖_*·U Vᵀ with ``nuclear_scaling``.
 
@@ -63,16 +146,19 @@ def spectral_gd(learning_rate, *, nuclear_scaling: bool = False, **polar_kwargs)
     )
 
 
+@_recognisable
 def normalized_gd(learning_rate) -> optax.GradientTransformation:
     """Normalized GD: W ← W − lr·G/‖G‖_F, per leaf."""
     return _keep_dtype(optax.chain(normalize_frobenius(), optax.scale_by_learning_rate(learning_rate)))
 
 
+@_recognisable
 def sign_gd(learning_rate) -> optax.GradientTransformation:
     """Sign GD: W ← W − lr·sign(G)."""
     return _keep_dtype(optax.chain(optax.scale_by_sign(), optax.scale_by_learning_rate(learning_rate)))
 
 
+@_recognisable
 def adam(learning_rate, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0):
     """Adam (``optax.adam``), or AdamW when ``weight_decay`` > 0."""
     if weight_decay:
@@ -80,6 +166,7 @@ def adam(learning_rate, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
     return _keep_dtype(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps))
 
 
+@_recognisable
 def shampoo(learning_rate, *, exponent: float = 0.25, eps: float = 1e-6, decay: float = 1.0):
     """Full-matrix Shampoo W ← W − lr·L^(-1/4) G R^(-1/4) (see :func:`scale_by_shampoo`)."""
     return _keep_dtype(
@@ -90,6 +177,7 @@ def shampoo(learning_rate, *, exponent: float = 0.25, eps: float = 1e-6, decay: 
     )
 
 
+@_recognisable
 def muon(
     learning_rate,
     *,

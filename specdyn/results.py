@@ -1,25 +1,17 @@
-"""Sweep results: labelled ``xarray.Dataset`` assembly, the resumable cell store, files.
+"""Analysis of a finished sweep Dataset: best learning rates, seed means, slopes.
 
-A sweep's result is one Dataset with dims ``optimizer, lr, seed, <grid fields>,
-step`` (plus the axes of array-valued metrics), the coordinate
-``learning_rate(optimizer, lr)``, one variable per metric, ``diverged_at`` (the
-first step with a non-finite loss, -1 if none) and the sweep's full config as a
-JSON string in ``attrs["config"]``.
-
-Files are netCDF-3 written through scipy (readable wherever xarray and scipy
-are, no HDF5 stack needed). The :class:`CellStore` keeps one ``.npz`` per
-finished cell, written atomically, plus the config it belongs to.
+The Dataset's layout is described in :mod:`specdyn.storage`, which also writes and
+reads it; :func:`save` and :func:`load` are re-exported here for convenience.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
+
+from specdyn.storage import CellStore, coordinate_values, load, save
 
 __all__ = [
     "CellStore",
@@ -32,107 +24,6 @@ __all__ = [
     "problem_of",
     "save",
 ]
-
-
-def coordinate_values(values) -> np.ndarray:
-    """Grid values as a coordinate array: numbers stay numbers, anything else becomes its repr."""
-    values = list(values)
-    if all(isinstance(v, bool | int | float | np.number) and not isinstance(v, bool) for v in values):
-        return np.asarray(values)
-    if all(isinstance(v, str) for v in values):
-        return np.asarray(values, dtype=str)
-    return np.asarray([repr(v) for v in values], dtype=str)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same folder, then rename: never a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-class CellStore:
-    """A folder of finished sweep cells, tied to one sweep config.
-
-    ``config.json`` holds the config; ``cell-NNNN.npz`` one finished cell each.
-    Opening a store that holds a different config raises ValueError naming the
-    first key that differs, so results of two sweeps are never mixed.
-    """
-
-    def __init__(self, path, config: dict, *, fresh: bool = False):
-        self.path = Path(path)
-        self.config = json.loads(json.dumps(config))  # normalise (tuples -> lists)
-        config_file = self.path / "config.json"
-        if fresh and self.path.exists():
-            for f in self.path.glob("cell-*.npz"):
-                f.unlink()
-            if config_file.exists():
-                config_file.unlink()
-        if config_file.exists():
-            stored = json.loads(config_file.read_text())
-            if stored != self.config:
-                key = _first_difference(stored, self.config)
-                raise ValueError(
-                    f"store {str(self.path)!r} holds results of a different sweep ({key}); "
-                    "use another store folder, or start afresh (fresh=True, CLI --fresh)"
-                )
-        else:
-            text = json.dumps(self.config, indent=2, sort_keys=True)
-            _atomic_write(config_file, lambda tmp: Path(tmp).write_text(text))
-
-    def _file(self, index: int) -> Path:
-        return self.path / f"cell-{index:04d}.npz"
-
-    def has(self, index: int) -> bool:
-        return self._file(index).exists()
-
-    def load(self, index: int) -> dict[str, np.ndarray]:
-        with np.load(self._file(index)) as z:
-            return {k: z[k] for k in z.files}
-
-    def save(self, index: int, arrays: dict[str, np.ndarray]) -> None:
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-
-        _atomic_write(self._file(index), write)
-
-
-def _first_difference(old, new, prefix="") -> str:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for k in sorted(set(old) | set(new)):
-            if old.get(k, "<missing>") != new.get(k, "<missing>"):
-                return _first_difference(old.get(k, "<missing>"), new.get(k, "<missing>"), f"{prefix}{k}.")
-    return f"{prefix.rstrip('.')}: stored {old!r}, now {new!r}"
-
-
-def save(ds: xr.Dataset, path) -> Path:
-    """Write a Dataset as netCDF-3 (scipy engine), atomically."""
-    path = Path(path)
-    out = ds.copy()
-    for name, var in list(out.variables.items()):
-        if var.dtype == np.int64:
-            out[name] = var.astype(np.int32)
-        elif var.dtype == bool:
-            out[name] = var.astype(np.int8)
-    _atomic_write(path, lambda tmp: out.to_netcdf(tmp, engine="scipy"))
-    return path
-
-
-def load(path) -> xr.Dataset:
-    """Read a Dataset written by :func:`save` (or ``specdyn sweep``) into memory."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"no results file at path={str(path)!r}")
-    with xr.open_dataset(path, engine="scipy") as ds:
-        return ds.load()
 
 
 def log_log_slope(x, y) -> float:

@@ -1,23 +1,41 @@
-"""The pure training core: one ``lax.scan`` over steps, no host round-trip per step.
+"""The training engine: one pure core and the few compiled programs every run goes through.
 
-:func:`simulate` runs one problem with one optimizer. It is built from pure
-pieces that :mod:`specdyn.sweep` vmaps and shards:
+A run is *segments*: "record the metrics of the current parameters (or not),
+then take n steps". The host plans them (:func:`plan`) and hands them to the
+programs as data, so one compiled program serves every step count and record
+interval. The pure pieces:
 
 * :func:`sample_run` — initial parameters and data from a key (no optimizer
-  involved), and :func:`start_run` — the optimizer's state at step 0
-  (:func:`init_run` is both);
-* :func:`advance` — ``records`` record slots, each "record the metrics of the
-  current parameters, then take ``record_every`` steps", as one ``lax.scan``;
-* :func:`finish` — the last record and the steps left over after the last
-  full slot.
+  involved), :func:`start_run` — the optimizer's state at step 0;
+* :func:`train_steps` — a traced number of steps (``lax.fori_loop``);
+* :func:`run_segments` — a scan over segments (record, then steps).
+
+The programs (:func:`run_groups`) map over *groups* (one per seed and data
+point: a group's initial parameters and data are drawn once) and, inside a
+group, over learning rates; ``sd.simulate`` is a sweep of one (one group, one
+rate) through the same programs, and :mod:`specdyn.sweep` calls them with many.
+They are compiled once per (problem shapes, optimizer recipe): the learning
+rate, seed, data fields of the problem, step count and record interval are data.
+
+An optimizer built by a specdyn factory (:class:`specdyn.optimizers.Optimizer`)
+is compiled per ``(factory, options)`` with its rate traced; any other optax
+transformation is compiled per object (as ``jax.jit`` does with a static
+argument), so build it once and reuse it.
 
 A step whose loss is not finite marks the run diverged (``diverged_at`` = that
 step); from then on the run stops updating and its records are NaN, so a
 diverging run never mixes into averages and never crashes a sweep.
+
+Stochastic minibatches: a problem may define ``batch(self, data, key) -> data``;
+each step then computes its gradient on ``problem.batch(data, fold_in(key, step))``
+with ``key`` the run's key (``PRNGKey(seed)`` in a sweep; runs of one seed share
+their batches across learning rates and optimizers). Records use the full ``data``.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -26,19 +44,27 @@ import numpy as np
 import optax
 
 from specdyn._cpu import blas_threads_limited
+from specdyn.optimizers import Optimizer
 from specdyn.problem import is_problem
 
 __all__ = [
+    "SEGMENTS",
+    "Recipe",
     "RunState",
-    "advance",
-    "finish",
-    "init_run",
+    "check_run_lengths",
+    "plan",
+    "recipe_of",
     "record_metrics",
     "record_steps",
+    "run_groups",
+    "run_segments",
     "sample_run",
     "simulate",
     "start_run",
+    "train_steps",
 ]
+
+SEGMENTS = 32  # segments per program call: records beyond it cost another call, never a compile
 
 
 class RunState(NamedTuple):
@@ -46,8 +72,35 @@ class RunState(NamedTuple):
 
     params: Any  # the problem's parameter pytree
     opt_state: Any  # the optimizer's state pytree
-    step: jax.Array  # shape=(), int32: steps taken (padding steps included)
+    step: jax.Array  # shape=(), int32: steps taken
     diverged_at: jax.Array  # shape=(), int32: first step with a non-finite loss, -1 if none
+
+
+class Recipe(NamedTuple):
+    """How the programs build an optimizer from a (traced) learning rate; hashable.
+
+    ``factory(rate, **dict(options))``; for a transformation that cannot be rebuilt,
+    ``factory`` is None and ``fixed`` is the transformation itself (compiled per object).
+    """
+
+    factory: Callable | None
+    options: tuple
+    fixed: Any = None
+
+    def build(self, rate) -> optax.GradientTransformation:
+        if self.factory is None:
+            return self.fixed
+        return self.factory(rate, **dict(self.options))
+
+
+def recipe_of(optimizer: optax.GradientTransformation) -> tuple[Recipe, Any]:
+    """``(recipe, rate)`` of an optimizer: a specdyn :class:`Optimizer` with a numeric
+    rate and hashable options is rebuilt from its factory (rate traced); anything else
+    is used as is (rate NaN, unused)."""
+    if isinstance(optimizer, Optimizer) and optimizer.recipe is not None:
+        factory, options = optimizer.recipe
+        return Recipe(factory, options), optimizer.learning_rate
+    return Recipe(None, (), optimizer), float("nan")
 
 
 def sample_run(problem, key, data=None, params=None):
@@ -76,12 +129,6 @@ def start_run(optimizer: optax.GradientTransformation, params) -> RunState:
     )
 
 
-def init_run(problem, optimizer: optax.GradientTransformation, key, data=None, params=None):
-    """Initial :class:`RunState` and the data set of one run (see :func:`sample_run`)."""
-    params, data = sample_run(problem, key, data, params)
-    return start_run(optimizer, params), data
-
-
 def record_metrics(problem, state: RunState, data) -> dict:
     """The record of a run at its current step: ``loss`` and the problem's metrics of
     ``state.params`` (NaN once the run has diverged). Reads ``params``, ``step`` and
@@ -100,16 +147,18 @@ def record_metrics(problem, state: RunState, data) -> dict:
     return {k: blank(v) for k, v in out.items()}
 
 
-def advance(problem, optimizer, state: RunState, data, *, records: int, record_every: int, total_steps: int):
-    """Run ``records`` slots of (record, then ``record_every`` steps) as one scan.
+def train_steps(problem, optimizer, state: RunState, data, key, count) -> RunState:
+    """``count`` (a traced int) optimizer steps, as a ``lax.fori_loop``.
 
-    Steps at or past ``total_steps`` are no-ops (padding for equal-sized chunks).
-    Returns the new state and a dict of records stacked along axis 0.
+    A problem with a ``batch(data, key)`` method gets its gradient on
+    ``problem.batch(data, jax.random.fold_in(key, step))``.
     """
+    batch = getattr(problem, "batch", None)
 
-    def one_step(state: RunState, _):
-        loss, grads = jax.value_and_grad(problem.loss)(state.params, data)
-        live = (state.diverged_at < 0) & (state.step < total_steps)
+    def one_step(_, state: RunState) -> RunState:
+        d = data if batch is None else batch(data, jax.random.fold_in(key, state.step))
+        loss, grads = jax.value_and_grad(problem.loss)(state.params, d)
+        live = state.diverged_at < 0
         finite = jnp.isfinite(loss)
         updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
@@ -120,67 +169,233 @@ def advance(problem, optimizer, state: RunState, data, *, records: int, record_e
             opt_state=keep(new_opt_state, state.opt_state),
             step=state.step + 1,
             diverged_at=jnp.where(live & ~finite, state.step, state.diverged_at),
-        ), None
+        )
 
-    def one_slot(state: RunState, _):
-        record = record_metrics(problem, state, data)
-        state, _ = jax.lax.scan(one_step, state, None, length=record_every)
-        return state, record
+    return jax.lax.fori_loop(0, count, one_step, state)
 
-    return jax.lax.scan(one_slot, state, None, length=records)
+
+def run_segments(problem, optimizer, state: RunState, data, key, record, count):
+    """Scan over segments: record (where ``record[i]``; zeros elsewhere), then
+    ``count[i]`` steps. ``record`` (bool) and ``count`` (int32) are arrays of one
+    length, shared by every run of a batch, so a skipped record is a real branch.
+    Returns the new state and the records stacked along axis 0."""
+    take = lambda s: record_metrics(problem, s, data)
+    shapes = jax.eval_shape(take, state)
+    skip = lambda s: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+
+    def one(state, segment):
+        flag, n = segment
+        rec = jax.lax.cond(flag, take, skip, state)
+        return train_steps(problem, optimizer, state, data, key, n), rec
+
+    return jax.lax.scan(one, state, (record, count))
 
 
 def record_steps(steps: int, record_every: int) -> np.ndarray:
-    """Steps at which parameters are recorded: 0, r, 2r, ... up to ``steps``."""
-    return np.arange(0, steps + 1, record_every)
+    """Steps at which parameters are recorded: 0, r, 2r, ... and always ``steps`` itself."""
+    at = np.arange(0, steps + 1, record_every)
+    return at if at[-1] == steps else np.append(at, steps)
 
 
 def check_run_lengths(steps, record_every) -> None:
     for name, value in (("steps", steps), ("record_every", record_every)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
+    if record_every > steps:
+        raise ValueError(
+            f"record_every must be <= steps (records at 0, record_every, ..., and at steps), "
+            f"got record_every={int(record_every)} > steps={int(steps)}"
+        )
 
 
-def finish(problem, optimizer, state: RunState, data, *, steps: int, record_every: int):
-    """The last record of a run, then its remaining ``steps % record_every`` steps.
+def plan(steps: int, record_every: int, *, budget: int | None = None, segments: int = SEGMENTS):
+    """The program calls of a run: a list of ``(record, count)`` arrays of length ``segments``.
 
-    A run of ``steps`` steps is ``steps // record_every`` slots of :func:`advance`
-    followed by this: no padded steps are computed. Returns the final state and
-    the last record (a dict of arrays with a leading axis of length 1).
+    Records at :func:`record_steps`; ``budget`` (steps per call, for a moving progress
+    bar) splits long intervals and ends a call once it would exceed the budget. Unused
+    segments at the end of a call record nothing and take no step.
     """
-    rest = steps % record_every
-    if rest:
-        return advance(problem, optimizer, state, data, records=1, record_every=rest, total_steps=steps)
-    return state, jax.tree.map(lambda x: x[None], record_metrics(problem, state, data))
+    at = record_steps(steps, record_every)
+    pieces = []
+    for i, t in enumerate(at):
+        left = int(at[i + 1] - t) if i + 1 < len(at) else 0
+        first = True
+        while True:
+            n = left if budget is None else min(left, budget)
+            pieces.append((first, n))
+            first, left = False, left - n
+            if left <= 0:
+                break
+    calls, current, used = [], [], 0
+    for flag, n in pieces:
+        if current and (len(current) == segments or (budget is not None and used + n > budget)):
+            calls.append(current)
+            current, used = [], 0
+        current.append((flag, n))
+        used += n
+    calls.append(current)
+    out = []
+    for call in calls:
+        call = call + [(False, 0)] * (segments - len(call))
+        out.append((np.asarray([f for f, _ in call], bool), np.asarray([n for _, n in call], np.int32)))
+    return out
 
 
-def _simulate(problem, key, data, params, *, optimizer, steps, record_every):
-    state, data = init_run(problem, optimizer, key, data, params)
-    state, records = advance(
-        problem, optimizer, state, data, records=steps // record_every, record_every=record_every, total_steps=steps
-    )
-    state, last = finish(problem, optimizer, state, data, steps=steps, record_every=record_every)
-    records = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), records, last)
-    return state, records
+# ------------------------------------------------------------------ the programs
+#
+# Batched over groups (axis 0, sharded along ``shard``) and, inside a group, over
+# learning rates (axis 1). jit's own cache keys them on (shapes, recipe, shard).
 
 
-_simulate_jit = jax.jit(_simulate, static_argnames=("optimizer", "steps", "record_every"))
+@functools.cache
+def _draw_program():
+    """Initial parameters and data of a batch of groups; one program per problem shape,
+    shared by every optimizer."""
+
+    def draw(problems, keys, data, params, shard):
+        out = jax.vmap(sample_run)(problems, keys, data, params)
+        return jax.lax.with_sharding_constraint(out, shard)
+
+    # It runs once per batch, so its compile time is what counts: on CPU, LLVM at -O1
+    # halves it (the random draws' code) and computes the same values.
+    options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+    return jax.jit(draw, static_argnames="shard", compiler_options=options)
+
+
+@functools.partial(jax.jit, static_argnames=("recipe", "shard"))
+def _start_program(rates, params, *, recipe, shard):
+    one = lambda rate, p: start_run(recipe.build(rate), p)
+    out = jax.vmap(jax.vmap(one, in_axes=(0, None)))(rates, params)
+    return jax.lax.with_sharding_constraint(out, shard)
+
+
+@functools.partial(jax.jit, static_argnames=("recipe", "shard"))
+def _chunk_program(problems, rates, state, data, keys, record, count, *, recipe, shard):
+    def one(problem, rate, state, data, key):
+        return run_segments(problem, recipe.build(rate), state, data, key, record, count)
+
+    over_rates = jax.vmap(one, in_axes=(None, 0, 0, None, None))
+    out = jax.vmap(over_rates)(problems, rates, state, data, keys)
+    return jax.lax.with_sharding_constraint(out, shard)
+
+
+def _rule_program(rule):
+    return jax.jit(jax.vmap(lambda p, d: jnp.asarray(rule(p, d))))
+
+
+_rule_programs = functools.lru_cache(maxsize=64)(_rule_program)
+
+
+def group_rates(rule, multipliers, problems, data) -> jax.Array:
+    """Learning rates ``multipliers × rule(problem, data)`` of a batch of groups: (groups, rates)."""
+    base = _rule_programs(rule)(problems, data)
+    return base[:, None] * jax.device_put(np.asarray(multipliers, float))[None, :]
+
+
+def single_device():
+    """A sharding that keeps everything on the first local device."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    return NamedSharding(Mesh(np.asarray(jax.local_devices()[:1]), ("runs",)), PartitionSpec("runs"))
+
+
+def run_groups(
+    problems,
+    keys,
+    recipe: Recipe,
+    rates,
+    *,
+    steps: int,
+    record_every: int,
+    data=None,
+    params=None,
+    rule=None,
+    shard=None,
+    budget: int | None = None,
+    on_call: Callable[[int], None] | None = None,
+):
+    """Train a batch of groups × learning rates through the cached programs.
+
+    Args:
+      problems: a problem whose data leaves have a leading groups axis.
+      keys: (groups,) PRNG keys: each group's run key.
+      recipe: the optimizer's :class:`Recipe`.
+      rates: (rates,) learning rates shared by every group, or, with ``rule``,
+        multipliers of ``rule(problem, data)`` per group.
+      data, params: given data / initial parameters with a leading groups axis (or None).
+      shard: the sharding of the groups axis (default: one device).
+      budget: steps per program call (see :func:`plan`); ``on_call(steps)`` after each.
+
+    Returns ``(records, state, rates)``: records ``{metric: (groups, rates, R, ...)}``
+    as numpy arrays at :func:`record_steps`, the final :class:`RunState` (batched) and
+    the (groups, rates) learning rates used.
+    """
+    # One OpenBLAS thread on few-core CPUs while the programs run (see specdyn/_cpu.py);
+    # every record is read back to the host inside, so the work is done on exit.
+    with blas_threads_limited():
+        shard = single_device() if shard is None else shard
+        put = lambda tree: jax.tree.map(lambda x: jax.device_put(x, shard), tree)
+        problems, keys, data, params = put((problems, keys, data, params))
+        params, data = _draw_program()(problems, keys, data, params, shard=shard)
+        n_groups = keys.shape[0]
+        if rule is not None:
+            rates = group_rates(rule, rates, problems, data)
+        else:
+            rates = np.broadcast_to(np.asarray(rates, float), (n_groups, len(rates)))
+        rates = jax.device_put(rates, shard)
+        state = _start_program(rates, params, recipe=recipe, shard=shard)
+        kept = []
+        for record, count in plan(steps, record_every, budget=budget):
+            state, recs = _chunk_program(problems, rates, state, data, keys, record, count, recipe=recipe, shard=shard)
+            if record.any():
+                kept.append({k: np.asarray(v)[:, :, record] for k, v in recs.items()})
+            if on_call is not None:
+                on_call(int(count.sum()))
+        records = {k: np.concatenate([c[k] for c in kept], axis=2) for k in kept[0]}
+        return records, state, rates
+
+
+def _traced(tree) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
+
+
+def _run_traced(problem, optimizer, key, data, params, steps, record_every):
+    """The same run as pure traced code, for ``simulate`` called under jit or vmap."""
+    params, data = sample_run(problem, key, data, params)
+    state = start_run(optimizer, params)
+    (record, count), *rest = plan(steps, record_every, segments=len(record_steps(steps, record_every)))
+    assert not rest
+    state, recs = run_segments(problem, optimizer, state, data, key, jnp.asarray(record), jnp.asarray(count))
+    return state, recs
+
+
+def _leading(tree):
+    """Add a leading axis of length 1 to every leaf (numbers become strong-typed arrays)."""
+    return jax.tree.map(lambda x: x[None] if isinstance(x, jax.Array) else jax.device_put(np.asarray(x)[None]), tree)
 
 
 def simulate(problem, optimizer, *, key, steps: int, record_every: int = 1, data=None, params=None) -> dict:
-    """Train ``problem`` with ``optimizer`` for ``steps`` steps in one jitted scan.
+    """Train ``problem`` with ``optimizer`` for ``steps`` steps: a sweep of one run.
+
+    The run goes through the engine's cached programs: after a first call, another
+    learning rate, seed, data field value, step count or record interval, or a new
+    optimizer object from the same specdyn factory and options, compiles nothing.
+    A plain optax transformation (not built by a specdyn factory, or with a schedule
+    as its rate) is compiled per object, as ``jax.jit`` would: build it once.
+    Called under ``jax.jit``/``jax.vmap`` (traced arguments), it runs as pure traced code.
 
     Args:
       problem: an ``@sd.problem`` instance.
       optimizer: an ``optax.GradientTransformation`` (e.g. ``sd.spectral_gd(0.1)``).
-      key: a PRNG key, split into (init key, data key).
+      key: a PRNG key, split into (init key, data key); minibatches (a problem's
+        ``batch`` method) use ``fold_in(key, step)``.
       steps: number of optimizer steps.
-      record_every: record every r steps.
+      record_every: record every r steps (and always at the last step); r <= steps.
       data: a data dict replacing ``problem.sample(data key)`` (to run on given arrays).
       params: initial parameters replacing ``problem.init(init key)``.
 
     Returns:
-      dict of arrays: ``step`` (steps 0, r, 2r, ... <= steps), ``loss`` and the
+      dict of arrays: ``step`` (0, r, 2r, ... and ``steps``), ``loss`` and the
       problem's metrics for the parameters at those steps (before that step's
       update), ``diverged_at`` (first step with a non-finite loss, -1 if none;
       records from then on are NaN) and ``params`` (the final parameters).
@@ -192,12 +407,27 @@ def simulate(problem, optimizer, *, key, steps: int, record_every: int = 1, data
             f"optimizer must be an optax.GradientTransformation (e.g. sd.get_optimizer('gd', 0.1)), got {optimizer!r}"
         )
     check_run_lengths(steps, record_every)
-    with blas_threads_limited():
-        state, records = jax.block_until_ready(
-            _simulate_jit(problem, key, data, params, optimizer=optimizer, steps=int(steps), record_every=int(record_every))
-        )
-    out = {"step": jnp.asarray(record_steps(steps, record_every))}
-    out.update(records)
-    out["diverged_at"] = state.diverged_at
-    out["params"] = state.params
+    steps, record_every = int(steps), int(record_every)
+    out = {"step": jax.device_put(record_steps(steps, record_every).astype(np.int32))}
+    recipe, rate = recipe_of(optimizer)
+    if _traced((problem, key, data, params, rate)):
+        state, records = _run_traced(problem, optimizer, key, data, params, steps, record_every)
+        out.update(records)
+        out["diverged_at"] = state.diverged_at
+        out["params"] = state.params
+        return out
+    records, state, _ = run_groups(
+        _leading(problem),
+        _leading(key),
+        recipe,
+        [rate],
+        steps=steps,
+        record_every=record_every,
+        data=None if data is None else _leading(data),
+        params=None if params is None else _leading(params),
+    )
+    out.update({k: jax.device_put(v[0, 0]) for k, v in records.items()})
+    first = lambda tree: jax.tree.map(lambda x: x[0, 0], tree)
+    out["diverged_at"] = first(state.diverged_at)
+    out["params"] = first(state.params)
     return out

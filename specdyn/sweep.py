@@ -1,31 +1,33 @@
 """Vectorized sweeps: seeds × learning rates × problem fields as a few compiled programs.
 
 The grid splits in two. *Static* fields (shapes, switches) and the optimizer make
-**cells**: one compiled step program each. Inside a cell, seeds × learning rates ×
-*data* (float) grid fields form one batch of runs that is ``vmap``-ed and
-sharded over all local devices along a ``runs`` mesh axis. Runs that differ only
-in their learning rate share their initial parameters and data, so the batch is
-a set of *groups* (one per seed and data grid point), each carrying all learning
-rates: a group's data is drawn once, by a program shared by every optimizer, and
-stored once; the ``runs`` axis shards the groups. A batch too large for memory
-is split into equal sub-batches of groups that reuse the same programs.
+**cells**. Inside a cell, seeds × learning rates × *data* (float) grid fields form
+one batch of runs that is ``vmap``-ed and sharded over all local devices along a
+``runs`` mesh axis. Runs that differ only in their learning rate share their
+initial parameters and data, so the batch is a set of *groups* (one per seed and
+data grid point), each carrying all learning rates: a group's data is drawn once,
+by a program shared by every optimizer. A batch too large for memory is split
+into equal sub-batches of groups that reuse the same programs.
 
-Steps run in chunks of whole record slots (one program, called repeatedly; a
-second, shorter one when no equal split exists), then the last record and the
-steps left after it, as in :func:`specdyn.simulate`: no padded step is computed.
-A progress bar moves with the chunks; each finished cell goes to the store at
-once, and a re-run with the same store skips it. The run with seed ``s`` uses
+Every run goes through the engine of :mod:`specdyn.simulate` (the programs of
+``sd.simulate``, which is a sweep of one): compiled once per (problem shapes,
+optimizer recipe), with learning rates, seeds, data fields, step count and record
+interval as data. Steps run in about ten program calls per batch so that a progress
+bar moves; each finished cell goes to the store (:mod:`specdyn.storage`) at once,
+and a re-run with the same store skips it. The run with seed ``s`` uses
 ``jax.random.PRNGKey(s)``: ``sd.simulate(..., key=jax.random.PRNGKey(s))``
 reproduces any run of a sweep.
+
+Learning rates may be given by a rule of the data (:class:`LearningRateRule`):
+``lr = multiplier × rule(problem, data)``, computed per group inside the engine.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
+import hashlib
 import itertools
-import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -37,30 +39,58 @@ import xarray as xr
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from specdyn._cpu import blas_threads_limited
 from specdyn.optimizers import OPTIMIZERS, get_optimizer
 from specdyn.problem import data_fields, is_problem, static_fields
-from specdyn.results import CellStore, coordinate_values
 from specdyn.simulate import (
-    RunState,
-    advance,
+    SEGMENTS,
+    Recipe,
     check_run_lengths,
-    finish,
+    recipe_of,
     record_metrics,
     record_steps,
+    run_groups,
     sample_run,
     start_run,
 )
+from specdyn.storage import CellStore, assemble
 
-__all__ = ["TRACE_COUNTS", "sweep"]
+__all__ = ["LearningRateRule", "sweep"]
 
-# How many times the step programs ("advance"), the program drawing initial parameters
-# and data ("draw") and the last-record program ("record") were traced (= compiled);
-# tests assert on it.
-TRACE_COUNTS: collections.Counter = collections.Counter()
+_TARGET_CHUNKS = 10  # progress granularity: about this many program calls per batch
 
-_TARGET_CHUNKS = 10  # progress granularity: about this many calls per batch
 
+@dataclasses.dataclass(frozen=True)
+class LearningRateRule:
+    """Learning rates from the data: ``lr = multiplier × rule(problem, data)`` per run.
+
+    ``rule(problem, data) -> scalar`` is traced (one compile per rule and shape) and
+    evaluated on each group's problem and data (per seed and data grid point); the
+    sweep's ``lr`` axis runs over ``multipliers``, its ``learning_rate`` coordinate
+    holds the multipliers and the variable ``effective_learning_rate`` the rates used.
+    Example (paper 3): ``LearningRateRule(lambda p, d: gd_learning_rate(d))``.
+    """
+
+    rule: Callable
+    multipliers: tuple = (1.0,)
+
+    def __post_init__(self):
+        if not callable(self.rule):
+            raise ValueError(f"rule must be a callable rule(problem, data), got rule={self.rule!r}")
+        values = tuple(float(m) for m in np.atleast_1d(self.multipliers))
+        if not values or not all(math.isfinite(m) and m > 0 for m in values):
+            raise ValueError(f"multipliers must be finite numbers > 0, got multipliers={list(values)!r}")
+        object.__setattr__(self, "multipliers", values)
+
+
+def _recipe(factory) -> Recipe:
+    """The engine recipe of a sweep's optimizer: a registry name (with options) compiles
+    per (factory, options), the same programs ``sd.simulate`` uses; another callable
+    ``factory(lr)`` compiles per callable object."""
+    if isinstance(factory, functools.partial) and factory.func is get_optimizer:
+        recipe, _ = recipe_of(factory(1.0))
+        if recipe.factory is not None:
+            return recipe
+    return Recipe(factory, ())
 
 def _optimizer_factories(optimizers) -> dict[str, Callable]:
     if isinstance(optimizers, str):
@@ -88,9 +118,27 @@ def _optimizer_factories(optimizers) -> dict[str, Callable]:
 
 
 def _describe_factory(factory) -> dict | str:
+    """The store's record of an optimizer: registry name and options, or the callable's name."""
     if isinstance(factory, functools.partial) and factory.func is get_optimizer:
         return {"name": factory.args[0], "options": dict(factory.keywords)}
     return f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', repr(factory))}"
+
+
+def _rules(learning_rates, names) -> tuple[dict, dict]:
+    """Split rules (LearningRateRule or a bare callable) from lists of rates."""
+    if callable(learning_rates) or isinstance(learning_rates, LearningRateRule):
+        learning_rates = {n: learning_rates for n in names}
+    rules, plain = {}, {}
+    for name, value in (learning_rates.items() if isinstance(learning_rates, Mapping) else ()):
+        if isinstance(value, LearningRateRule):
+            rules[name] = value
+        elif callable(value):
+            rules[name] = LearningRateRule(value)
+    if isinstance(learning_rates, Mapping):
+        plain = {n: (list(rules[n].multipliers) if n in rules else v) for n, v in learning_rates.items()}
+    else:
+        plain = learning_rates
+    return rules, plain
 
 
 def _learning_rates(learning_rates, names) -> dict[str, list[float]]:
@@ -98,7 +146,10 @@ def _learning_rates(learning_rates, names) -> dict[str, list[float]]:
         missing = [n for n in names if n not in learning_rates]
         extra = [n for n in learning_rates if n not in names]
         if missing or extra:
-            raise ValueError(f"learning_rates must have one list per optimizer: missing {missing}, unknown {extra}")
+            problems = ", ".join(
+                part for part in (f"missing {missing}" if missing else "", f"unknown {extra}" if extra else "") if part
+            )
+            raise ValueError(f"learning_rates must have one list per optimizer: {problems}")
         table = {n: list(np.atleast_1d(learning_rates[n])) for n in names}
     else:
         values = list(np.atleast_1d(learning_rates))
@@ -172,19 +223,35 @@ def _nbytes(tree) -> int:
     return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
-def _chunk_lengths(slots: int) -> list[int]:
-    """Record slots per program call: about ``_TARGET_CHUNKS`` equal calls.
+def _data_digest(data) -> str | None:
+    """What the store records of given data: a digest of its arrays, or the callable's name."""
+    if data is None:
+        return None
+    if callable(data):
+        return f"{getattr(data, '__module__', '?')}:{getattr(data, '__qualname__', repr(data))}"
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(data)[0]:
+        leaf = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape}".encode())
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
 
-    Equal lengths when some length between slots/10 and slots/5 divides
-    ``slots``; otherwise a shorter last call (a second program). No call is padded.
-    """
-    if slots == 0:
-        return []
-    low = math.ceil(slots / _TARGET_CHUNKS)
-    for per in range(low, max(low, slots // (_TARGET_CHUNKS // 2)) + 1):
-        if slots % per == 0:
-            return [per] * (slots // per)
-    return [low] * (slots // low) + [slots % low]
+
+def _batched(problem, values_per_group: dict, n_groups: int):
+    """``problem`` with a leading groups axis on every data leaf (``values_per_group``
+    overrides fields); numbers become strongly typed arrays, as in ``sd.simulate``."""
+    leaves, treedef = jax.tree.flatten(problem)
+    out = []
+    for name, leaf in zip(data_fields(problem), leaves, strict=True):
+        if name in values_per_group:
+            out.append(jax.device_put(np.asarray(values_per_group[name])))
+        else:
+            if isinstance(leaf, jax.Array):
+                out.append(jnp.broadcast_to(leaf, (n_groups, *leaf.shape)))
+            else:
+                leaf = np.asarray(leaf)
+                out.append(jax.device_put(np.broadcast_to(leaf, (n_groups, *leaf.shape))))
+    return jax.tree.unflatten(treedef, out)
 
 
 def sweep(
@@ -196,6 +263,7 @@ def sweep(
     grid: Mapping | None = None,
     steps: int,
     record_every: int = 1,
+    data=None,
     store=None,
     progress: bool = True,
     fresh: bool = False,
@@ -206,12 +274,20 @@ def sweep(
     Args:
       problem: an ``@sd.problem`` instance; grid fields override its values.
       optimizers: registry names (``["gd", "specgd"]``) or ``{name: factory}``
-        with ``factory(learning_rate) -> optax.GradientTransformation``.
-      learning_rates: one list for all optimizers, or ``{name: list}`` (equal lengths).
+        with ``factory(learning_rate) -> optax.GradientTransformation`` (a name
+        compiles per (factory, options), as ``sd.simulate`` does; a callable
+        compiles per callable object: reuse it across sweeps).
+      learning_rates: one list for all optimizers, or ``{name: list}`` (equal
+        lengths); instead of a list, a :class:`LearningRateRule` (or a bare
+        callable ``rule(problem, data)``, multiplier 1): the rate of each run is
+        multiplier × rule on its problem and data.
       seeds: a count n (seeds 0..n-1) or a list of ints.
       grid: ``{field: values}``; static fields make separate compiled cells,
         data (float) fields are vmapped with seeds and learning rates.
-      steps, record_every: as in :func:`specdyn.simulate`.
+      steps, record_every: as in :func:`specdyn.simulate` (records at 0, r, 2r, ...
+        and always at ``steps``).
+      data: given data arrays replacing ``problem.sample``: a dict of arrays shared
+        by every run, or a callable ``data(seed) -> dict`` (one data set per seed).
       store: a folder; each finished cell is written there, and a re-run skips it.
       progress: show a tqdm progress bar over run-steps.
       fresh: discard what ``store`` holds instead of resuming.
@@ -219,20 +295,25 @@ def sweep(
         whole groups (all learning rates of one seed and data grid point), at least one group.
 
     Returns:
-      ``xarray.Dataset`` (see :mod:`specdyn.results`).
+      ``xarray.Dataset`` (see :mod:`specdyn.storage`).
     """
     if not is_problem(problem):
         raise ValueError(f"problem must be an @sd.problem instance, got {problem!r}")
     check_run_lengths(steps, record_every)
     factories = _optimizer_factories(optimizers)
     names = list(factories)
-    lrs = _learning_rates(learning_rates, names)
+    rules, plain_rates = _rules(learning_rates, names)
+    lrs = _learning_rates(plain_rates, names)
     seed_list = _seeds(seeds)
     static_grid, data_grid = _grid(problem, grid)
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int, got {batch_size=!r}")
+    if data is not None and not (callable(data) or isinstance(data, Mapping)):
+        raise ValueError(f"data must be a dict of arrays or a callable data(seed) -> dict, got {data!r}")
+    recipes = {n: _recipe(f) for n, f in factories.items()}
     steps_at = record_steps(steps, record_every)
     config = {
+        "format": 2,  # records at 0, r, 2r, ... and at steps
         "problem": f"{type(problem).__module__}:{type(problem).__qualname__}",
         "fields": {f: _jsonable(getattr(problem, f)) for f in static_fields(problem) + data_fields(problem)},
         "optimizers": {n: _describe_factory(f) for n, f in factories.items()},
@@ -244,12 +325,17 @@ def sweep(
         "record_every": int(record_every),
         "x64": bool(jax.config.jax_enable_x64),
     }
+    if rules:
+        config["learning_rate_rules"] = {n: _describe_factory(r.rule) for n, r in rules.items()}
+    if data is not None:
+        config["data"] = _data_digest(data)
     cell_store = None if store is None else CellStore(store, config, fresh=fresh)
 
     static_combos = list(itertools.product(*static_grid.values()))
     data_combos = list(itertools.product(*data_grid.values()))
     n_runs = len(lrs[names[0]]) * len(seed_list) * len(data_combos)
     cells = list(itertools.product(names, static_combos))
+    seed_data = {} if not callable(data) else {s: data(s) for s in seed_list}
     bar = tqdm(total=len(cells) * n_runs * steps, unit="run-step", unit_scale=True, disable=not progress)
     results = []
     try:
@@ -258,75 +344,78 @@ def sweep(
                 f"{name} " + " ".join(f"{k}={v}" for k, v in zip(static_grid, static_values, strict=True))
             )
             if cell_store is not None and cell_store.has(index):
-                results.append(cell_store.load(index))
+                results.append(cell_store.load(index, runs=n_runs))
                 bar.update(n_runs * steps)
                 continue
             cell_problem = dataclasses.replace(problem, **dict(zip(static_grid, static_values, strict=True)))
-            with blas_threads_limited():
-                arrays = _run_cell(
-                    cell_problem,
-                    factories[name],
-                    lrs[name],
-                    seed_list,
-                    data_grid,
-                    data_combos,
-                    steps=int(steps),
-                    record_every=int(record_every),
-                    batch_size=batch_size,
-                    bar=bar,
-                )
+            arrays = _run_cell(
+                cell_problem,
+                recipes[name],
+                lrs[name],
+                rules.get(name),
+                seed_list,
+                data_grid,
+                data_combos,
+                data=data if not callable(data) else seed_data,
+                per_seed=callable(data),
+                steps=int(steps),
+                record_every=int(record_every),
+                batch_size=batch_size,
+                bar=bar,
+            )
+            if rules and name not in rules:
+                arrays["effective_learning_rate"] = np.repeat(np.asarray(lrs[name]), n_runs // len(lrs[name]))
             if cell_store is not None:
                 cell_store.save(index, arrays)
             results.append(arrays)
     finally:
         bar.close()
-    return _assemble(
-        problem, names, lrs, seed_list, static_grid, data_grid, list((grid or {}).keys()), steps_at, results, config
+    return assemble(
+        problem_name=type(problem).__name__,
+        names=names,
+        learning_rates=lrs,
+        seeds=seed_list,
+        static_grid=static_grid,
+        data_grid=data_grid,
+        grid_order=list((grid or {}).keys()),
+        steps_at=steps_at,
+        cells=results,
+        metric_dims=getattr(type(problem), "metric_dims", {}) or {},
+        config=config,
+        attrs={"devices": f"{jax.local_device_count()} x {jax.local_devices()[0].device_kind}"},
     )
 
 
-def _run_cell(problem, factory, lrs, seeds, data_grid, data_combos, *, steps, record_every, batch_size, bar):
-    """All runs of one cell: returns {metric: (runs, slots, ...)} and diverged_at (runs,).
+def _run_cell(problem, recipe, lrs, rule, seeds, data_grid, data_combos, *, data, per_seed, steps, record_every,
+              batch_size, bar):
+    """All runs of one cell: {metric: (runs, records, ...)}, diverged_at (runs,) and, with a
+    rule, effective_learning_rate (runs,).
 
     Runs form *groups*, one per (seed, data grid point), in that order; the
-    learning rates of a group share its initial parameters and data (drawn once,
-    stored once), so a program maps over groups and, inside, over learning rates.
+    learning rates of a group share its initial parameters and data (drawn once),
+    so a program maps over groups and, inside, over learning rates.
     Results come back in run order learning rate × seed × data grid point.
     """
     groups = list(itertools.product(seeds, range(len(data_combos))))
     n_groups, n_lrs = len(groups), len(lrs)
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray([s for s, _ in groups]))
-    lr_values = jnp.asarray(lrs)
-    leaves, treedef = jax.tree.flatten(problem)
     field_values = {f: [data_combos[c][j] for _, c in groups] for j, f in enumerate(data_grid)}
-    batched_leaves = []
-    for name, leaf in zip(data_fields(problem), leaves, strict=True):
-        if name in field_values:
-            batched_leaves.append(jnp.asarray(field_values[name]))
-        else:
-            leaf = jnp.asarray(leaf)
-            batched_leaves.append(jnp.broadcast_to(leaf, (n_groups, *leaf.shape)))
-    problems = jax.tree.unflatten(treedef, batched_leaves)
-
-    full_slots = steps // record_every
-    lengths = _chunk_lengths(full_slots)
+    problems = _batched(problem, field_values, n_groups)
+    if data is None:
+        given = None
+    elif per_seed:  # {seed: data}
+        given = jax.tree.map(lambda *a: np.stack(a), *[data[s] for s, _ in groups])
+    else:
+        given = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n_groups, *np.shape(x))), dict(data))
 
     # Batch size from memory: per group, its data and parameters once, and per learning
-    # rate a run's state and one chunk of records; with headroom.
+    # rate a run's state and one call's records; with headroom.
     def group_shapes():
         p0 = jax.tree.map(lambda x: x[0], problems)
-        params, data = sample_run(p0, keys[0])
-        state = start_run(factory(lr_values[0]), params)
-        _, recs = advance(
-            p0,
-            factory(lr_values[0]),
-            state,
-            data,
-            records=max(lengths, default=1),
-            record_every=record_every,
-            total_steps=steps,
-        )
-        return (params, data), (state, recs)
+        params, d = sample_run(p0, keys[0], None if given is None else jax.tree.map(lambda x: x[0], given))
+        state = start_run(recipe.build(jnp.asarray(1.0)), params)
+        recs = record_metrics(p0, state, d)
+        return (params, d), (state, jax.tree.map(lambda x: jnp.stack([x] * SEGMENTS), recs))
 
     shared, per_lr = jax.eval_shape(group_shapes)
     per_group = 4 * (_nbytes(shared) + n_lrs * _nbytes(per_lr)) + 1
@@ -335,178 +424,34 @@ def _run_cell(problem, factory, lrs, seeds, data_grid, data_combos, *, steps, re
     size = min(n_groups, cap)
     size = math.ceil(size / n_dev) * n_dev  # equal shards on every device
     n_batches = math.ceil(n_groups / size)
-
     shard = NamedSharding(Mesh(np.asarray(jax.local_devices()), ("runs",)), PartitionSpec("runs"))
-    draw, record = _draw_program(shard), _record_program(shard)
-    start, chunk_programs, finish_program = _programs(factory, lengths, record_every, steps, shard)
+    budget = max(1, math.ceil(steps / _TARGET_CHUNKS))
 
     outputs = []
     for b in range(n_batches):
         idx = np.minimum(np.arange(b * size, (b + 1) * size), n_groups - 1)  # pad with the last group
-        p_b, k_b = jax.tree.map(lambda x, idx=idx: jax.device_put(x[idx], shard), (problems, keys))
-        params, data = draw(p_b, k_b)
-        state = start(lr_values, params)
-        real = min(size, n_groups - b * size) * n_lrs
-        chunks = []
-        for length in lengths:
-            state, recs = chunk_programs[length](p_b, lr_values, state, data)
-            chunks.append(jax.tree.map(np.asarray, recs))
-            bar.update(real * length * record_every)
-        if steps % record_every:  # the last record, then the leftover steps
-            state, last = finish_program(p_b, lr_values, state, data)
-        else:  # the last record alone: one program for every optimizer
-            last = record(p_b, state.params, state.step, state.diverged_at, data)
-        chunks.append(jax.tree.map(np.asarray, last))
-        bar.update(real * (steps % record_every))
-        recs = {k: np.concatenate([ch[k] for ch in chunks], axis=2) for k in chunks[0]}
-        recs["diverged_at"] = np.asarray(state.diverged_at)
-        outputs.append({k: v[: n_groups - b * size] for k, v in recs.items()})
+        take = lambda tree, idx=idx: jax.tree.map(lambda x: x[idx], tree)
+        real = min(size, n_groups - b * size)
+        records, state, rates = run_groups(
+            take(problems),
+            keys[idx],
+            recipe,
+            rule.multipliers if rule is not None else lrs,
+            rule=None if rule is None else rule.rule,
+            steps=steps,
+            record_every=record_every,
+            data=None if given is None else take(given),
+            shard=shard,
+            budget=budget,
+            on_call=lambda n, real=real: bar.update(real * n_lrs * n),
+        )
+        out = dict(records)
+        out["diverged_at"] = np.asarray(state.diverged_at)
+        if rule is not None:
+            out["effective_learning_rate"] = np.asarray(rates)
+        outputs.append({k: v[:real] for k, v in out.items()})
     result = {}
     for k in outputs[0]:  # (groups, lrs, ...) -> runs in order lr x seed x data grid point
         by_lr = np.swapaxes(np.concatenate([o[k] for o in outputs], axis=0), 0, 1)
         result[k] = by_lr.reshape(n_lrs * n_groups, *by_lr.shape[2:])
     return result
-
-
-@functools.cache
-def _draw_program(shard):
-    """Initial parameters and data of a batch of groups; one program per problem shape,
-    shared by every optimizer (jit's cache keys it on the problem's static fields)."""
-
-    def draw(problems, keys):
-        TRACE_COUNTS["draw"] += 1
-        return jax.vmap(sample_run)(problems, keys)
-
-    # It runs once per batch, so its compile time is what counts: on CPU, LLVM at -O1
-    # halves it (the random draws' code) and computes the same values.
-    options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
-    return jax.jit(draw, out_shardings=shard, compiler_options=options)
-
-
-@functools.cache
-def _record_program(shard):
-    """The record of a batch of groups × learning rates (one slot); it reads parameters,
-    step and divergence, never the optimizer's state, so one program per problem shape
-    serves every optimizer."""
-
-    def record(problems, params, step, diverged_at, data):
-        TRACE_COUNTS["record"] += 1
-
-        def one(p, params, step, diverged_at, d):
-            state = RunState(params=params, opt_state=None, step=step, diverged_at=diverged_at)
-            return jax.tree.map(lambda x: x[None], record_metrics(p, state, d))
-
-        over_lrs = jax.vmap(one, in_axes=(None, 0, 0, 0, None))
-        return jax.vmap(over_lrs, in_axes=(0, 0, 0, 0, 0))(problems, params, step, diverged_at, data)
-
-    return jax.jit(record, out_shardings=shard)
-
-
-_PROGRAMS: dict = {}  # cell programs, reused by later sweeps with the same optimizer and lengths
-
-
-def _programs(factory, lengths, record_every: int, steps: int, shard):
-    """A cell's jitted (start, {chunk length: advance}, finish) programs.
-
-    Each maps over groups (sharded) and, inside, over learning rates, with a
-    group's problem, parameters and data shared by its learning rates. jit's own
-    cache handles problem shapes.
-    """
-    desc = _describe_factory(factory)
-    base = (
-        json.dumps(desc, sort_keys=True) if isinstance(desc, dict) else factory,
-        record_every,
-        steps,
-        shard,
-    )
-    if len(_PROGRAMS) > 256:
-        _PROGRAMS.clear()
-
-    def per_group(fn):
-        """vmap ``fn(problem, lr, state, data)`` over learning rates, then over groups."""
-        over_lrs = jax.vmap(fn, in_axes=(None, 0, 0, None))
-        return jax.vmap(over_lrs, in_axes=(0, None, 0, 0))
-
-    if ("start", *base) not in _PROGRAMS:
-
-        def start(lrs, params):
-            return jax.vmap(
-                jax.vmap(lambda lr, p: start_run(factory(lr), p), in_axes=(0, None)),
-                in_axes=(None, 0),
-            )(lrs, params)
-
-        def finish_batch(problems, lrs, state, data):
-            return per_group(lambda p, lr, s, d: finish(p, factory(lr), s, d, steps=steps, record_every=record_every))(
-                problems, lrs, state, data
-            )
-
-        _PROGRAMS["start", *base] = jax.jit(start, out_shardings=shard)
-        _PROGRAMS["finish", *base] = jax.jit(finish_batch, out_shardings=shard)
-    chunks = {}
-    for length in set(lengths):
-        if ("advance", length, *base) not in _PROGRAMS:
-
-            def advance_batch(problems, lrs, state, data, length=length):
-                TRACE_COUNTS["advance"] += 1
-                return per_group(
-                    lambda p, lr, s, d: advance(
-                        p,
-                        factory(lr),
-                        s,
-                        d,
-                        records=length,
-                        record_every=record_every,
-                        total_steps=steps,
-                    )
-                )(problems, lrs, state, data)
-
-            _PROGRAMS["advance", length, *base] = jax.jit(advance_batch, out_shardings=shard)
-        chunks[length] = _PROGRAMS["advance", length, *base]
-    return _PROGRAMS["start", *base], chunks, _PROGRAMS["finish", *base]
-
-
-def _assemble(problem, names, lrs, seeds, static_grid, data_grid, grid_order, steps_at, results, config):
-    n_lr, n_seed = len(lrs[names[0]]), len(seeds)
-    static_shape = tuple(len(v) for v in static_grid.values())
-    data_shape = tuple(len(v) for v in data_grid.values())
-    run_shape = (n_lr, n_seed, *data_shape)
-    base_dims = ["optimizer", "lr", "seed", *static_grid, *data_grid]
-    metric_dims = getattr(type(problem), "metric_dims", {}) or {}
-
-    variables = {}
-    for key in results[0]:
-        example = results[0][key]
-        per_run_extra = example.shape[1:]  # (slots, ...) for metrics, () for diverged_at
-        full = np.stack([r[key] for r in results]).reshape(len(names), *static_shape, *run_shape, *per_run_extra)
-        # Move static axes after seed: (opt, lr, seed, *static, *data, ...)
-        n_static = len(static_shape)
-        order = [0, *range(1 + n_static, 3 + n_static), *range(1, 1 + n_static)]
-        order += list(range(3 + n_static, full.ndim))
-        full = full.transpose(order)
-        if key == "diverged_at":
-            dims = base_dims
-            full = full.astype(np.int32)
-        else:
-            extra = full.ndim - len(base_dims) - 1
-            named = tuple(metric_dims.get(key, ()))
-            if len(named) != extra:
-                named = tuple(f"{key}_dim{i}" for i in range(extra))
-            dims = [*base_dims, "step", *named]
-        variables[key] = (dims, full)
-
-    coords = {
-        "optimizer": np.asarray(names, dtype=str),
-        "lr": np.arange(n_lr),
-        "seed": np.asarray(seeds),
-        "step": np.asarray(steps_at),
-        "learning_rate": (("optimizer", "lr"), np.asarray([lrs[n] for n in names])),
-    }
-    for name, values in {**static_grid, **data_grid}.items():
-        coords[name] = coordinate_values(values)
-    ds = xr.Dataset(variables, coords=coords)
-    order = ["optimizer", "lr", "seed", *grid_order, "step"]
-    ds = ds.transpose(*order, ...)
-    ds.attrs["config"] = json.dumps(config, sort_keys=True)
-    ds.attrs["problem"] = type(problem).__name__
-    ds.attrs["devices"] = f"{jax.local_device_count()} x {jax.local_devices()[0].device_kind}"
-    return ds

@@ -84,7 +84,7 @@ def test_smoke_sweep_writes_results_and_figures(tmp_path, capsys):
     assert main(["sweep", path, "--smoke", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     ds = load(out / "results.nc")
-    assert ds.sizes == {"optimizer": 2, "lr": 2, "seed": 2, "noise": 2, "step": 2}  # smoke: steps = 4
+    assert ds.sizes == {"optimizer": 2, "lr": 2, "seed": 2, "noise": 2, "step": 3}  # smoke: steps = 4: records 0, 3, 4
     assert int(ds["samples"]) == 6 if "samples" in ds.coords else True
     # the summary says what it prints: each optimizer's best rate by the stated rule, seed median and range
     from specdyn.results import best_learning_rate

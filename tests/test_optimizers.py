@@ -294,3 +294,66 @@ def test_bad_options_raise_value_error_showing_the_value(call, match):
 
 def test_registry_names():
     assert set(sd.OPTIMIZERS) == {"gd", "specgd", "muon", "ngd", "signgd", "shampoo", "adam"}
+
+
+# ------------------------------------------------------------------ recognisable optimizers
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_traced_rate_under_vmap_equals_the_float_rate_run_in_float64(name):
+    # The engine rebuilds every optimizer from (factory, options) with a traced rate:
+    # eight steps of that, vmapped over rates, equal the run built with a Python float.
+    with jax.enable_x64(True):
+        params = params_for(name, jnp.float64)
+        target = jax.tree.map(lambda p: jnp.asarray(np.linspace(-1.0, 2.0, p.size).reshape(p.shape)), params)
+        loss = lambda p: sum(jnp.sum((a - b) ** 2 * (1.0 + a * a)) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(target)))
+
+        def run(opt):
+            def step(carry, _):
+                p, s = carry
+                u, s = opt.update(jax.grad(loss)(p), s, p)
+                return (optax.apply_updates(p, u), s), None
+
+            return jax.lax.scan(step, (params, opt.init(params)), None, length=8)[0][0]
+
+        built = sd.get_optimizer(name, 0.1)
+        lrs = [0.01, 0.05]
+        traced = jax.jit(jax.vmap(lambda lr: run(built.factory(lr, **dict(built.options)))))(jnp.asarray(lrs))
+        for i, lr in enumerate(lrs):
+            ref = jax.jit(lambda lr=lr: run(sd.get_optimizer(name, lr)))()  # rate baked in as a constant
+            chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i], traced), ref, rtol=1e-6, atol=1e-12)
+            assert jax.tree.leaves(ref)[0].dtype == jnp.float64
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_factories_return_optimizers_that_carry_their_recipe(name):
+    opt = sd.get_optimizer(name, 0.1)
+    assert isinstance(opt, optax.GradientTransformation) and isinstance(opt, sd.Optimizer)
+    assert opt.learning_rate == 0.1 and opt.factory is sd.OPTIMIZERS[name]
+    assert opt.recipe == sd.get_optimizer(name, 0.7).recipe  # the rate is not part of the recipe
+    hash(opt.recipe)
+    again = opt.factory(0.1, **dict(opt.options))
+    params = params_for(name)
+    grads = random_grads(params)
+    chex.assert_trees_all_close(
+        again.update(grads, again.init(params), params), opt.update(grads, opt.init(params), params)
+    )
+    chained = optax.chain(opt, optax.scale(1.0))  # still composes like any transformation
+    chained.update(grads, chained.init(params), params)
+
+
+def test_options_with_defaults_filled_in_make_one_recipe():
+    assert sd.muon(0.1).recipe == sd.muon(0.2, momentum=0.95).recipe
+    assert sd.muon(0.1).recipe != sd.muon(0.1, momentum=0.9).recipe
+    assert sd.spectral_gd(0.1, method="svd").recipe == sd.get_optimizer("specgd", 0.3, method="svd").recipe
+    assert dict(sd.spectral_gd(0.1, method="svd").options) == {"method": "svd", "nuclear_scaling": False}
+    assert sd.gd(optax.linear_schedule(0.1, 0.0, 10)).recipe is None  # a schedule is part of the program
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), np.float64(-0.5)])
+def test_negative_or_non_finite_rates_are_refused_at_construction(name, bad):
+    with pytest.raises(ValueError, match=rf"learning_rate must be a finite number >= 0, got learning_rate={float(bad)!r}"):
+        sd.get_optimizer(name, bad)
+    with pytest.raises(ValueError, match="adam_learning_rate"):
+        sd.muon(0.1, adam_learning_rate=-1e-3)

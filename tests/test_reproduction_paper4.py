@@ -6,7 +6,6 @@ import dataclasses
 
 import jax
 import numpy as np
-import pytest
 import xarray as xr
 
 import specdyn as sd

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from compile_log import count_compiles
 
 import specdyn as sd
 from specdyn.problem import data_fields, static_fields
@@ -44,7 +45,7 @@ def test_simulate_matches_python_loop(name, lr):
 
 def test_records_are_before_the_update_and_final_params_returned():
     out = sd.simulate(PROBLEM, sd.gd(0.2), key=jax.random.PRNGKey(0), steps=7, record_every=3)
-    np.testing.assert_array_equal(np.asarray(out["step"]), [0, 3, 6])
+    np.testing.assert_array_equal(np.asarray(out["step"]), [0, 3, 6, 7])  # the last step is always recorded
     data = PROBLEM.sample(jax.random.split(jax.random.PRNGKey(0))[1])
     params0 = PROBLEM.init(jax.random.split(jax.random.PRNGKey(0))[0])
     np.testing.assert_allclose(out["loss"][0], PROBLEM.loss(params0, data), rtol=1e-6)
@@ -52,6 +53,7 @@ def test_records_are_before_the_update_and_final_params_returned():
     again = sd.simulate(PROBLEM, sd.gd(0.2), key=jax.random.PRNGKey(0), steps=1, params=out["params"])
     ref = reference_loop(PROBLEM, sd.gd(0.2), jax.random.PRNGKey(0), 7, 7)
     np.testing.assert_allclose(again["loss"][0], ref[-1], rtol=1e-5)
+    np.testing.assert_allclose(out["loss"][-1], ref[-1], rtol=1e-5)
 
 
 def test_explicit_data_replaces_sample():
@@ -90,6 +92,7 @@ def test_float64_when_x64_enabled():
         (dict(steps=0), "steps=0"),
         (dict(steps=5, record_every=0), "record_every=0"),
         (dict(steps=2.5), "steps=2.5"),
+        (dict(steps=5, record_every=6), "record_every=6 > steps=5"),
     ],
 )
 def test_simulate_rejects_bad_lengths(kwargs, match):
@@ -137,3 +140,124 @@ def test_problem_decorator_rejects_fields_named_like_methods():
 
             def init(self, key):
                 return {}
+
+
+# ------------------------------------------------------------------ the engine: compiles once
+
+
+def test_later_calls_compile_nothing():
+    problem = sd.problems.MatrixLeastSquares(rows=7, cols=3, samples=9)  # shapes no other test uses
+    first = sd.simulate(problem, sd.spectral_gd(0.05, method="svd"), key=jax.random.PRNGKey(0), steps=30,
+                        record_every=5)
+    given = problem.sample(jax.random.PRNGKey(9))
+    other_data = dict(given, Y=given["Y"] + 1.0)
+    sd.simulate(problem, sd.spectral_gd(0.05, method="svd"), key=jax.random.PRNGKey(0), steps=3, data=given)
+    with count_compiles() as compiles:
+        lr = sd.simulate(problem, sd.spectral_gd(0.02, method="svd"), key=jax.random.PRNGKey(0), steps=30,
+                         record_every=5)
+        seed = sd.simulate(problem, sd.get_optimizer("specgd", 0.05, method="svd"), key=jax.random.PRNGKey(4),
+                           steps=30, record_every=5)
+        steps = sd.simulate(problem, sd.spectral_gd(0.05, method="svd"), key=jax.random.PRNGKey(0), steps=47,
+                            record_every=5)
+        every = sd.simulate(problem, sd.spectral_gd(0.05, method="svd"), key=jax.random.PRNGKey(0), steps=100,
+                            record_every=1)  # 101 records: several program calls
+        field = sd.simulate(dataclasses.replace(problem, noise=0.3, condition=3.0),
+                            sd.spectral_gd(0.05, method="svd"), key=jax.random.PRNGKey(0), steps=30, record_every=5)
+        data = sd.simulate(problem, sd.spectral_gd(0.05, method="svd"), key=jax.random.PRNGKey(0), steps=3,
+                           data=other_data)
+    assert compiles == []
+    # and each of them computed what it was asked
+    assert not np.allclose(lr["loss"], first["loss"]) and not np.allclose(seed["loss"], first["loss"])
+    np.testing.assert_array_equal(steps["step"], [*range(0, 46, 5), 47])
+    np.testing.assert_allclose(steps["loss"][:7], first["loss"], rtol=1e-6)
+    np.testing.assert_allclose(every["loss"][::5][:7], first["loss"], rtol=1e-6)
+    assert every["loss"].shape == (101,) and not np.allclose(field["loss"], first["loss"])
+    params0 = problem.init(jax.random.split(jax.random.PRNGKey(0))[0])
+    np.testing.assert_allclose(data["loss"][0], problem.loss(params0, other_data), rtol=1e-6)
+
+
+def test_a_plain_optax_transformation_is_compiled_per_object():
+    problem = sd.problems.MatrixLeastSquares(rows=7, cols=3, samples=10)
+    tx = optax.sgd(0.1)
+    a = sd.simulate(problem, tx, key=jax.random.PRNGKey(0), steps=6, record_every=2)
+    with count_compiles() as compiles:
+        b = sd.simulate(problem, tx, key=jax.random.PRNGKey(1), steps=9, record_every=3)
+    assert compiles == []
+    np.testing.assert_allclose(a["loss"], sd.simulate(problem, sd.gd(0.1), key=jax.random.PRNGKey(0), steps=6,
+                                                      record_every=2)["loss"], rtol=1e-6)
+    assert b["loss"].shape == (4,)
+
+
+@pytest.mark.parametrize("name", sorted(sd.OPTIMIZERS))
+def test_engine_rate_as_data_equals_the_float_rate_loop_in_float64(name):
+    with jax.enable_x64(True):
+        problem = sd.problems.MatrixLeastSquares(rows=5, cols=4, samples=12, noise=0.1)
+        lr = {"gd": 0.3, "adam": 0.01, "shampoo": 0.1}.get(name, 0.02)
+        key = jax.random.PRNGKey(3)
+        out = sd.simulate(problem, sd.get_optimizer(name, lr), key=key, steps=20, record_every=4)
+        ref = reference_loop(problem, sd.get_optimizer(name, lr), key, 20, 4)
+        assert out["loss"].dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(out["loss"]), ref, rtol=1e-6)
+
+
+def test_simulate_under_jit_and_vmap_runs_as_traced_code():
+    key = jax.random.PRNGKey(2)
+
+    @jax.jit
+    def losses(lrs):
+        return jax.vmap(lambda lr: sd.simulate(PROBLEM, sd.gd(lr), key=key, steps=11, record_every=5)["loss"])(lrs)
+
+    got = losses(jnp.asarray([0.1, 0.3]))
+    for i, lr in enumerate([0.1, 0.3]):
+        want = sd.simulate(PROBLEM, sd.gd(lr), key=key, steps=11, record_every=5)["loss"]
+        np.testing.assert_allclose(got[i], want, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ stochastic minibatches
+
+
+@sd.problem
+class MiniBatchRegression:
+    """Linear regression whose gradient steps see a random minibatch (``batch``)."""
+
+    samples: int = sd.static(24)
+    batch_size: int = sd.static(6)
+    noise: float = 0.1
+
+    def init(self, key):
+        return {"w": jnp.zeros(3)}
+
+    def sample(self, key):
+        kx, ke = jax.random.split(key)
+        x = jax.random.normal(kx, (self.samples, 3))
+        return {"X": x, "y": x @ jnp.asarray([1.0, -2.0, 0.5]) + self.noise * jax.random.normal(ke, (self.samples,))}
+
+    def batch(self, data, key):
+        idx = jax.random.choice(key, self.samples, (self.batch_size,), replace=False)
+        return {"X": data["X"][idx], "y": data["y"][idx]}
+
+    def loss(self, params, data):
+        r = data["X"] @ params["w"] - data["y"]
+        return 0.5 * jnp.mean(r * r)
+
+
+def test_minibatches_are_drawn_from_the_run_key_and_step():
+    problem = MiniBatchRegression()
+    key = jax.random.PRNGKey(5)
+    out = sd.simulate(problem, sd.gd(0.1), key=key, steps=13, record_every=4)
+    # the same run written the obvious way
+    init_key, data_key = jax.random.split(key)
+    data, params = problem.sample(data_key), problem.init(init_key)
+    grad = jax.jit(jax.grad(problem.loss))
+    want = []
+    for t in range(14):
+        if t in (0, 4, 8, 12, 13):
+            want.append(float(problem.loss(params, data)))  # records use the full data
+        batch = problem.batch(data, jax.random.fold_in(key, t))
+        params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grad(params, batch))
+    np.testing.assert_allclose(np.asarray(out["loss"]), want[:5], rtol=1e-5)
+    full = sd.simulate(dataclasses.replace(problem, batch_size=24), sd.gd(0.1), key=key, steps=13, record_every=4)
+    assert not np.allclose(out["loss"][1:], full["loss"][1:])  # the batches mattered
+    ds = sd.sweep(problem, optimizers=["gd"], learning_rates=[0.1], seeds=[5], steps=13, record_every=4,
+                  progress=False)
+    np.testing.assert_allclose(ds["loss"].values.ravel(), np.asarray(out["loss"]), rtol=1e-5)

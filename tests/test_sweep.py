@@ -12,16 +12,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import xarray as xr
+from compile_log import count_compiles
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import specdyn as sd
 from specdyn import results
 from specdyn.simulate import sample_run
-from specdyn.sweep import TRACE_COUNTS, sweep
+from specdyn.sweep import sweep
 
 sweep_module = importlib.import_module("specdyn.sweep")  # sd.sweep, the function, shadows the module
 
 PROBLEM = sd.problems.MatrixLeastSquares(rows=5, cols=4, samples=12)
+
 SWEEP = dict(
     optimizers=["gd", "specgd"],
     learning_rates={"gd": [0.1, 0.4], "specgd": [0.01, 0.05]},
@@ -59,33 +61,56 @@ def test_sweep_equals_runs_simulated_one_at_a_time(reference):
             np.testing.assert_allclose(got[metric].values, np.asarray(out[metric]), rtol=1e-5, atol=1e-7)
 
 
-def test_one_compilation_per_cell_across_batches_and_chunks(reference, monkeypatch):
+def test_one_chunk_program_per_cell_across_batches_and_calls(reference, monkeypatch):
     # With almost no memory the 4 groups (seed x noise; 2 learning rates each) of a cell
-    # split into batches of one group, each run in chunks.
+    # split into batches of one group, each run in several program calls: one program per
+    # cell (optimizer x samples) serves them all, and a second such sweep compiles nothing.
     monkeypatch.setattr(sweep_module, "_memory_per_device", lambda: 1.0)
-    before = TRACE_COUNTS["advance"]
-    ds = sweep(PROBLEM, **SWEEP)
     cells = 2 * 2  # optimizers x static samples values
-    assert TRACE_COUNTS["advance"] - before == cells
+    with count_compiles() as compiles:
+        ds = sweep(PROBLEM, **SWEEP)
+    assert compiles.count("_chunk_program") == cells
     xr.testing.assert_allclose(ds.drop_attrs(), reference.drop_attrs())
-    before = TRACE_COUNTS["advance"]
-    again = sweep(PROBLEM, **SWEEP, batch_size=6)  # 3 groups per batch: 2 batches, the second padded
-    assert TRACE_COUNTS["advance"] - before == cells
+    with count_compiles() as compiles:
+        sweep(PROBLEM, **SWEEP)
+    assert compiles == []
+    with count_compiles() as compiles:
+        again = sweep(PROBLEM, **SWEEP, batch_size=6)  # 3 groups per batch: 2 batches, the second padded
+    assert compiles.count("_chunk_program") == cells
     xr.testing.assert_allclose(again.drop_attrs(), reference.drop_attrs())
 
 
-@pytest.mark.parametrize("slots", [0, 1, 7, 10, 13, 30, 97, 1000])
-def test_chunk_lengths_cover_every_slot_without_padding(slots):
-    lengths = sweep_module._chunk_lengths(slots)
-    assert sum(lengths) == slots
-    assert len(set(lengths)) <= 2 and all(n >= 1 for n in lengths)
-    if lengths:
-        assert lengths[-1] <= lengths[0]
-        assert len(lengths) <= 2 * sweep_module._TARGET_CHUNKS
+def test_other_rates_seeds_steps_intervals_and_fields_compile_nothing(reference):
+    change = dict(
+        learning_rates={"gd": [0.2, 0.3], "specgd": [0.02, 0.03]},
+        seeds=[5, 7],
+        grid={"samples": [12, 16], "noise": [0.05, 0.3]},
+        steps=17,
+        record_every=5,
+    )
+    with count_compiles() as compiles:
+        ds = sweep(PROBLEM, **dict(SWEEP, **change))
+    assert compiles == []
+    np.testing.assert_array_equal(ds["step"], [0, 5, 10, 15, 17])
+
+
+def test_plan_records_every_interval_and_the_last_step():
+    from specdyn.simulate import plan, record_steps
+
+    for steps, every, budget in [(25, 10, None), (41, 3, 5), (1000, 100, 100), (7, 7, None), (3000, 1, 300)]:
+        calls = plan(steps, every, budget=budget)
+        record = np.concatenate([r for r, _ in calls])
+        count = np.concatenate([c for _, c in calls])
+        assert count.sum() == steps
+        at = np.cumsum(np.concatenate([[0], count]))[:-1][record]  # step at each recording segment
+        np.testing.assert_array_equal(at, record_steps(steps, every))
+        if budget:
+            assert all(c.sum() <= budget for _, c in calls)
+    np.testing.assert_array_equal(record_steps(25, 10), [0, 10, 20, 25])
 
 
 def test_steps_not_a_multiple_of_record_every_equal_simulate():
-    # 41 steps recorded every 3: 13 full slots (chunks of 2, then 1), the last record, 2 more steps.
+    # 41 steps recorded every 3: records at 0, 3, ..., 39 and at the last step, 41.
     problem = sd.problems.MatrixLeastSquares(rows=5, cols=4, samples=12, noise=0.1)
     ds = sweep(
         problem,
@@ -96,7 +121,7 @@ def test_steps_not_a_multiple_of_record_every_equal_simulate():
         record_every=3,
         progress=False,
     )
-    np.testing.assert_array_equal(ds["step"], np.arange(0, 40, 3))
+    np.testing.assert_array_equal(ds["step"], [*range(0, 40, 3), 41])
     for lr_i, lr in enumerate([0.05, 0.2]):
         for seed in (1, 2):
             out = sd.simulate(problem, sd.gd(lr), key=jax.random.PRNGKey(seed), steps=41, record_every=3)
@@ -105,13 +130,12 @@ def test_steps_not_a_multiple_of_record_every_equal_simulate():
             assert int(got["diverged_at"]) == int(out["diverged_at"])
 
 
-def test_data_and_last_record_by_one_program_for_all_optimizers():
+def test_data_drawn_by_one_program_for_all_optimizers():
     problem = sd.problems.MatrixLeastSquares(rows=6, cols=5, samples=11)  # shapes no other test uses
-    before = TRACE_COUNTS.copy()
-    sweep(problem, optimizers=["gd", "specgd", "muon"], learning_rates=[0.01], seeds=2, steps=2, progress=False)
-    assert TRACE_COUNTS["draw"] - before["draw"] == 1
-    assert TRACE_COUNTS["record"] - before["record"] == 1
-    assert TRACE_COUNTS["advance"] - before["advance"] == 3
+    sweep(problem, optimizers=["gd"], learning_rates=[0.01], seeds=2, steps=2, progress=False)  # warm: draw, gd
+    with count_compiles() as compiles:
+        sweep(problem, optimizers=["gd", "specgd", "muon"], learning_rates=[0.01], seeds=2, steps=2, progress=False)
+    assert sorted(compiles) == sorted(["_start_program", "_chunk_program"] * 2)  # specgd, muon; no new draw
 
 
 def test_exploding_learning_rate_marks_only_that_run():
@@ -241,7 +265,69 @@ def test_draw_program_equals_the_default_compilation(name):
     problems = jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (3, *jnp.shape(x))), problem)
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(3))
     shard = NamedSharding(Mesh(np.asarray(jax.local_devices()[:1]), ("runs",)), PartitionSpec("runs"))
-    got = sweep_module._draw_program(shard)(problems, keys)
+    got = importlib.import_module("specdyn.simulate")._draw_program()(problems, keys, None, None, shard=shard)
     want = jax.jit(jax.vmap(sample_run))(problems, keys)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------ given data, rate rules
+
+
+def test_given_data_shared_or_per_seed_equals_simulate_on_that_data():
+    problem = sd.problems.MatrixLeastSquares(rows=5, cols=4, samples=12, init_scale=1.0)
+    per_seed = {s: problem.sample(jax.random.PRNGKey(100 + s)) for s in (0, 1)}
+    kw = dict(optimizers=["gd"], learning_rates=[0.1, 0.3], seeds=[0, 1], steps=10, record_every=5, progress=False)
+    shared = sweep(problem, data=per_seed[1], **kw)
+    by_seed = sweep(problem, data=lambda seed: per_seed[seed], **kw)
+    for seed in (0, 1):
+        for i, lr in enumerate([0.1, 0.3]):
+            key = jax.random.PRNGKey(seed)
+            want = sd.simulate(problem, sd.gd(lr), key=key, steps=10, record_every=5, data=per_seed[1])
+            np.testing.assert_allclose(shared["loss"].sel(seed=seed).isel(lr=i).squeeze(), want["loss"], rtol=1e-6)
+            want = sd.simulate(problem, sd.gd(lr), key=key, steps=10, record_every=5, data=per_seed[seed])
+            np.testing.assert_allclose(by_seed["loss"].sel(seed=seed).isel(lr=i).squeeze(), want["loss"], rtol=1e-6)
+    assert json.loads(shared.attrs["config"])["data"] != json.loads(sweep(problem, data=per_seed[0], **kw).attrs["config"])["data"]
+    other = {k: v + 1.0 for k, v in per_seed[0].items()}
+    with count_compiles() as compiles:
+        sweep(problem, data=other, **kw)
+    assert compiles == []
+    with pytest.raises(ValueError, match="data must be a dict"):
+        sweep(problem, data=[1, 2], **kw)
+
+
+def test_rate_rules_of_the_data_make_one_sweep_equal_to_runs_at_those_rates():
+    # Paper 3: GD at n/||A||_op^2 and SpecGD (nuclear scaling) at n/||A||_F^2, x 0.5 and x 1.
+    import functools
+
+    from specdyn.problems.random_features import gd_learning_rate, spectral_learning_rate
+
+    with jax.enable_x64(True):
+        problem = sd.problems.RandomFeatures(dim=6, feature_dim=8, samples=20)
+        specgd = functools.partial(sd.get_optimizer, "specgd", nuclear_scaling=True, method="svd")
+        ds = sweep(
+            problem,
+            optimizers={"gd": None, "specgd": specgd},
+            learning_rates={
+                "gd": sd.LearningRateRule(lambda p, d: gd_learning_rate(d), (0.5, 1.0)),
+                "specgd": sd.LearningRateRule(lambda p, d: spectral_learning_rate(d), (0.5, 1.0)),
+            },
+            seeds=[0, 1],
+            steps=12,
+            record_every=4,
+            progress=False,
+        )
+        np.testing.assert_allclose(ds["learning_rate"].values, [[0.5, 1.0], [0.5, 1.0]])
+        for seed in (0, 1):
+            data = problem.sample(jax.random.split(jax.random.PRNGKey(seed))[1])
+            base = {"gd": float(gd_learning_rate(data)), "specgd": float(spectral_learning_rate(data))}
+            for name in ("gd", "specgd"):
+                for i, mult in enumerate((0.5, 1.0)):
+                    lr = mult * base[name]
+                    got = ds.sel(optimizer=name, seed=seed).isel(lr=i)
+                    np.testing.assert_allclose(float(got["effective_learning_rate"]), lr, rtol=1e-12)
+                    opt = sd.get_optimizer(name, lr) if name == "gd" else specgd(lr)
+                    want = sd.simulate(problem, opt, key=jax.random.PRNGKey(seed), steps=12, record_every=4)
+                    np.testing.assert_allclose(got["loss"].values, np.asarray(want["loss"]), rtol=1e-6)
+    with pytest.raises(ValueError, match="multipliers must be finite numbers > 0"):
+        sd.LearningRateRule(lambda p, d: 1.0, (0.0,))

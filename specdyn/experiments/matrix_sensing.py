@@ -37,9 +37,9 @@ import json
 
 import jax
 import jax.numpy as jnp
-from matplotlib.figure import Figure
 import numpy as np
 import xarray as xr
+from matplotlib.figure import Figure
 
 from specdyn.problems.matrix_sensing import MatrixSensing
 from specdyn.results import best_learning_rate, learning_rate_scores, log_log_slope, problem_of

@@ -413,7 +413,6 @@ def demo(out_dir, dim=32, spike=30.0, steps=400, init_scale=0.01, threshold=0.5,
     :func:`sliding_figure`, slower: its stiff solve compiles for tens of seconds).
     ``learning_rates``: ``{"gd": [...], "specgd": [...]}`` (default :data:`DEMO_RATES`).
     Returns figures, a summary per optimizer, the rule and the sweep's Dataset."""
-    import jax
 
     import specdyn as sd
     from specdyn.problems.phase_retrieval import PhaseRetrieval
