@@ -20,6 +20,7 @@ from specdyn.optimizers import normalized_gd
 from specdyn.optimizers import shampoo
 from specdyn.optimizers import sign_gd
 from specdyn.optimizers import spectral_gd
+from specdyn.optimizers import spectral_power
 from specdyn.polar import polar
 from specdyn.polar import polar_express_coefficients
 from specdyn.problem import problem
@@ -32,6 +33,7 @@ from specdyn.transforms import normalize_frobenius
 from specdyn.transforms import scale_by_polar
 from specdyn.transforms import scale_by_shampoo
 from specdyn.transforms import scale_by_shape
+from specdyn.transforms import scale_by_spectral_power
 
 __version__ = "0.1.0"
 
@@ -61,10 +63,12 @@ __all__ = [
     "scale_by_polar",
     "scale_by_shampoo",
     "scale_by_shape",
+    "scale_by_spectral_power",
     "shampoo",
     "sign_gd",
     "simulate",
     "spectral_gd",
+    "spectral_power",
     "stable_rank",
     "static",
     "sweep",
