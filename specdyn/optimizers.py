@@ -155,7 +155,7 @@ def spectral_gd(learning_rate, *, nuclear_scaling: bool = False, **polar_kwargs)
 
 @_recognisable
 def spectral_power(learning_rate, p: float = 0.5, *, rank_tol: float | None = None) -> optax.GradientTransformation:
-    """Spectral powers: W ← W − lr·U Σᵖ Vᵀ for G = U Σ Vᵀ (p = 0 SpecGD, p = 1 GD).
+    """Spectral powers: W ← W − lr·U Σᵖ Vᵀ (p = 0 SpecGD, p = 1 GD).
 
     Exact via the SVD (:func:`specdyn.scale_by_spectral_power`): p = 0 is
     :func:`spectral_gd` (rank-aware: singular values ``<= rank_tol * s_max``
