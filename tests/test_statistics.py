@@ -171,3 +171,21 @@ def test_paired_comparison_bad_arguments_are_named():
         paired_comparison(ds, "loss", "a", "a")
     with pytest.raises(ValueError, match="rule"):
         paired_comparison(ds, "loss", "a", "b", rule="best")
+
+
+def test_plot_metric_shades_the_stated_confidence_band():
+    from specdyn.plot import plot_metric
+
+    ds = two_optimizer_runs(np.random.default_rng(10), 1, 6, shift=0.5, lrs=2)
+    ds["diverged_at"][0, 0, 1, 2] = 1  # one run of a at lr 1 diverged: its band uses 5 seeds
+    ds["loss"][0, 0, 1, 2, 1:] = np.nan
+    fig = plot_metric(ds, "loss", confidence=0.9)
+    assert "90% t-interval" in fig._suptitle.get_text()
+    band = seed_statistics(ds, "loss", confidence=0.9)
+    ax = fig.axes[0]
+    assert len(ax.collections) == 4  # one band per (optimizer, lr)
+    for coll, (o, lr) in zip(ax.collections, [(0, 0), (0, 1), (1, 0), (1, 1)], strict=True):
+        y = coll.get_paths()[0].vertices[:, 1]
+        low, high = band["low"].values[0, o, lr], band["high"].values[0, o, lr]
+        np.testing.assert_allclose([y.min(), y.max()], [low.min(), high.max()], rtol=1e-12)
+    assert any("(5 ok)" in t.get_text() for t in ax.get_legend().get_texts())
