@@ -1,6 +1,7 @@
 """specdyn: training dynamics under spectral gradient methods, in JAX."""
 
 from specdyn import problems
+from specdyn import results
 from specdyn.diagnostics import frobenius_norm
 from specdyn.diagnostics import nuclear_norm
 from specdyn.diagnostics import nuclear_rank
@@ -60,6 +61,7 @@ __all__ = [
     "problem",
     "problems",
     "require",
+    "results",
     "scale_by_polar",
     "scale_by_shampoo",
     "scale_by_shape",
