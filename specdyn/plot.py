@@ -91,8 +91,8 @@ def plot_metric(ds: xr.Dataset, metric: str, *, logy: bool | None = None, confid
         ax.set_visible(False)
     axes[0, 0].set_ylabel(metric)
     axes[0, 0].legend(fontsize=7)
-    bands = f"mean over seeds, {confidence:.0%} t-interval shaded" if ds.sizes["seed"] > 1 else "one seed"
-    fig.suptitle(f"{ds.attrs.get('problem', '')}: {metric} ({bands})", fontsize=10)
+    bands = f"seed mean; shaded: {confidence:.0%} t-interval" if ds.sizes["seed"] > 1 else "one seed"
+    fig.suptitle(f"{ds.attrs.get('problem', '')}: {metric}\n{bands}", fontsize=9)
     fig.tight_layout()
     return fig
 
