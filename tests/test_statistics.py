@@ -189,3 +189,13 @@ def test_plot_metric_shades_the_stated_confidence_band():
         low, high = band["low"].values[0, o, lr], band["high"].values[0, o, lr]
         np.testing.assert_allclose([y.min(), y.max()], [low.min(), high.max()], rtol=1e-12)
     assert any("(5 ok)" in t.get_text() for t in ax.get_legend().get_texts())
+
+
+def test_paired_comparison_peak_rule_uses_the_step_where_the_seed_mean_is_best():
+    ds = two_optimizer_runs(np.random.default_rng(11), 1, 6, shift=0.2)
+    ds["loss"][0, 0, 0, :, 0] -= 5.0  # a is best at step 0 on average; b at step 1 (its only other step)
+    ds["loss"][0, 1, 0, :, 1] -= 5.0
+    out = paired_comparison(ds, "loss", "a", "b", rule="peak")
+    xa, xb = ds["loss"].values[0, 0, 0, :, 0], ds["loss"].values[0, 1, 0, :, 1]
+    np.testing.assert_allclose(float(out["mean_difference"][0]), (xa - xb).mean(), rtol=1e-12)
+    np.testing.assert_allclose(float(out["p_value"][0]), stats.ttest_rel(xa, xb).pvalue, rtol=1e-10)
