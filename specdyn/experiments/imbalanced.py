@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 
 from specdyn.reduced import imbalanced as red
-from specdyn.results import best_learning_rate, learning_rate_scores, problem_of
+from specdyn.results import best_learning_rate, best_lr_index, first_step, learning_rate_scores, problem_of
 
 __all__ = ["RULE", "alpha_closed_forms", "best_lr_accuracy", "best_rate_table", "depth_gap", "depth_gaps",
            "digits_experiment", "digits_figure", "long_tailed_digits", "rule_text", "saturation_steps"]
@@ -65,11 +65,12 @@ def best_rate_table(ds: xr.Dataset, rule: dict = RULE) -> dict:
     score worse (a NaN score, a rate where some seed diverged, counts as worse).
     """
     scores = learning_rate_scores(ds, rule["metric"], mode=rule["mode"], rule=rule["rule"])
+    best = best_lr_index(scores, mode=rule["mode"])
     fill = np.inf if rule["mode"] == "min" else -np.inf
     out = {}
     for name in ds.optimizer.values:
         sc = scores.sel(optimizer=name).fillna(fill).values
-        i = int(np.argmin(sc) if rule["mode"] == "min" else np.argmax(sc))
+        i = int(best.sel(optimizer=name))
         lrs = ds.learning_rate.sel(optimizer=name).values
         out[str(name)] = {"lr": float(lrs[i]), "index": i, "n_rates": len(lrs), "score": float(sc[i]),
                           "interior": 0 < i < len(lrs) - 1,
@@ -120,9 +121,7 @@ def best_lr_accuracy(ds: xr.Dataset, rule: dict = RULE) -> plt.Figure:
 
 def saturation_steps(alpha: np.ndarray, star: np.ndarray, steps: np.ndarray, frac: float = 0.9) -> np.ndarray:
     """First recorded step at which α_c ≥ frac·α*_c (NaN if never); class axis last."""
-    hit = alpha >= frac * star
-    first = np.argmax(hit, axis=0)
-    return np.where(hit.any(axis=0), steps[first], np.nan)
+    return first_step(np.asarray(alpha) >= frac * np.asarray(star), steps, axis=0)
 
 
 def depth_gaps(ds: xr.Dataset, frac: float = 0.9) -> dict:

@@ -37,6 +37,7 @@ from specdyn.diagnostics import frobenius_norm, nuclear_rank, stable_rank
 from specdyn.layerwise import incoming_activations, layerwise_criterion, matrix_paths
 from specdyn.optimizers import muon
 from specdyn.problem import require
+from specdyn.problems.activations import ACTIVATIONS, activate
 from specdyn.transforms import scale_by_polar
 
 __all__ = [
@@ -60,16 +61,7 @@ __all__ = [
 # ---------------------------------------------------------------------------
 # 1. stable rank of post-activations at Gaussian init
 
-_gelu = lambda x: jax.nn.gelu(x, approximate=False)
-
-# name -> (activation of one pre-activation, number of pre-activations it takes)
-ACTIVATIONS = {
-    "relu": (jax.nn.relu, 1),
-    "relu2": (lambda x: jnp.square(jax.nn.relu(x)), 1),
-    "tanh": (jnp.tanh, 1),
-    "gelu": (_gelu, 1),
-    "swiglu": (lambda x, y: jax.nn.silu(x) * y, 2),
-}
+# ACTIVATIONS: name -> (activation, number of pre-activations it takes), from specdyn.problems.activations
 
 _SCALAR = {
     "relu": lambda g: np.maximum(g, 0.0),
@@ -136,7 +128,7 @@ class TransformerBlock(eqx.Module):
         mask = jnp.tril(jnp.ones((x.shape[0], x.shape[0]), bool))
         x = x + self.attention(h, h, h, mask=mask)
         h = jax.vmap(self.norm2)(x)
-        return x + jax.vmap(lambda t: self.mlp_out(_gelu(self.mlp_in(t))))(h)
+        return x + jax.vmap(lambda t: self.mlp_out(activate("gelu", self.mlp_in(t))))(h)
 
 
 def _build(cls, key, **kwargs):
