@@ -287,3 +287,20 @@ def test_compare_rules_is_the_paper_rates_on_the_instance():
             np.testing.assert_allclose(ds["loss"].sel(optimizer=name).values, np.asarray(run["loss"]),
                                        rtol=1e-10)
         assert ds["loss"].dims == ("optimizer", "step") and ds.attrs["seed"] == 4
+
+
+def test_restarts_compile_nothing_for_another_seed():
+    """Restarts go through sd.simulate(params=...) and one vmapped, cached program: a second
+    call (another seed, same sizes) compiles nothing; restart 0 is SpecGD from zero init."""
+    from compile_log import count_compiles
+
+    prob = RandomFeatures(**SMALL)
+    kw = dict(steps=12, every=4, horizon=5)
+    wsh.restarts(prob, seed=0, **kw)
+    with count_compiles() as names:
+        r = wsh.restarts(prob, seed=1, **kw)
+    assert names == []
+    spec = wsh.compare_rules(prob, seed=1, steps=5)
+    np.testing.assert_allclose(r["specgd_loss"].isel(restart=0).values,
+                               spec["loss"].sel(optimizer="specgd").values, rtol=1e-10)
+    np.testing.assert_allclose(r["gd_loss"].values[:6], spec["loss"].sel(optimizer="gd").values, rtol=1e-10)
