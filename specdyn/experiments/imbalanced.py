@@ -12,7 +12,13 @@ import xarray as xr
 
 from specdyn.problems.digits import DigitsMLP, long_tailed_digits
 from specdyn.reduced import imbalanced as red
-from specdyn.results import best_learning_rate, best_lr_index, first_step, learning_rate_scores, problem_of
+from specdyn.results import (
+    best_learning_rate,
+    best_lr_index,
+    first_step,
+    learning_rate_scores,
+    problem_of,
+)
 
 __all__ = ["RULE", "alpha_closed_forms", "best_lr_accuracy", "best_rate_table", "depth_gap", "depth_gaps",
            "digits_experiment", "digits_figure", "long_tailed_digits", "rule_text", "saturation_steps"]

@@ -34,7 +34,13 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from specdyn.results import best_learning_rate, best_lr_index, first_crossing, learning_rate_scores, log_log_slope
+from specdyn.results import (
+    best_learning_rate,
+    best_lr_index,
+    first_crossing,
+    learning_rate_scores,
+    log_log_slope,
+)
 from specdyn.results import index_zero_except as _rest_first
 
 __all__ = [

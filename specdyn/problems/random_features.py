@@ -27,9 +27,9 @@ import jax.numpy as jnp
 
 from specdyn.diagnostics import frobenius_norm, nuclear_norm, nuclear_rank, stable_rank
 from specdyn.polar import polar
+from specdyn.problem import problem, require, static
 from specdyn.problems.activations import ACTIVATIONS as _TABLE
 from specdyn.problems.activations import activate
-from specdyn.problem import problem, require, static
 
 __all__ = [
     "ACTIVATIONS",
