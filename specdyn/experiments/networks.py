@@ -354,6 +354,43 @@ def sparse_regression(
     )
 
 
+@functools.partial(jax.jit, static_argnames=("layer", "iters"))
+def _layer_curvature(w0, x, y, key, *, layer, iters):
+    """[gn_max, along_gradient, along_polar, rule_gd, rule_spectral] of one layer at ``w0``
+    (see :func:`sparse_regression_curvature`); the power iteration is a ``fori_loop``."""
+    from specdyn.polar import polar
+
+    n = x.shape[-1]
+
+    def with_layer(wl):
+        return [wl if i == layer else w for i, w in enumerate(w0)]
+
+    def loss_of(wl):
+        return sparse_regression_loss(with_layer(wl), x, y)
+
+    def out_of(wl):
+        return relu2_forward(with_layer(wl), x)[0][0]
+
+    def hvp(v):
+        return jax.jvp(jax.grad(loss_of), (w0[layer],), (v,))[1]
+
+    pull = jax.vjp(out_of, w0[layer])[1]
+
+    def power(_, carry):  # v <- (1/n) JᵀJ v / ‖·‖; the norm converges to the top eigenvalue
+        v, _ = carry
+        v = pull(jax.jvp(out_of, (w0[layer],), (v,))[1] / n)[0]
+        lam = frobenius_norm(v)
+        return v / lam, lam
+
+    v0 = jax.random.normal(key, w0[layer].shape)
+    _, lam = jax.lax.fori_loop(0, iters, power, (v0, jnp.zeros((), v0.dtype)))
+    g = jax.grad(loss_of)(w0[layer])
+    p = polar(g, method="svd")
+    a = relu2_forward(w0, x)[1][layer]
+    return jnp.stack([lam, jnp.vdot(g, hvp(g)) / jnp.vdot(g, g), jnp.vdot(p, hvp(p)),
+                      jnp.linalg.norm(a, ord=2) ** 2 / n, frobenius_norm(a) ** 2 / n])
+
+
 def sparse_regression_curvature(*, dim: int = 128, samples: int = 512, seed: int = 0,
                                 iters: int = 50) -> xr.Dataset:
     """Each layer's curvature at init against the constant the paper's rule assumes.
@@ -365,33 +402,9 @@ def sparse_regression_curvature(*, dim: int = 128, samples: int = 512, seed: int
     ``rule_spectral`` = ‖A_{ℓ−1}‖²_F/n, the curvatures the GD and spectral rules assume.
     Ratios above 1 say by how much the rule's step is too long (see :func:`sparse_regression`).
     """
-    from specdyn.polar import polar
-
     x, y, _, _, w0 = sparse_regression_setup(dim, samples, 1, seed)
-    acts = relu2_forward(w0, x)[1]
-    grads = jax.grad(sparse_regression_loss)(w0, x, y)
-    rows = []
-    for layer in range(4):
-        def loss_of(wl, layer=layer):
-            return sparse_regression_loss([wl if i == layer else w for i, w in enumerate(w0)], x, y)
-
-        def out_of(wl, layer=layer):
-            return relu2_forward([wl if i == layer else w for i, w in enumerate(w0)], x)[0][0]
-
-        hvp = lambda v, f=loss_of, layer=layer: jax.jvp(jax.grad(f), (w0[layer],), (v,))[1]  # noqa: E731
-        pull = jax.vjp(out_of, w0[layer])[1]
-        gn = jax.jit(lambda v, f=out_of, layer=layer, pull=pull: pull(jax.jvp(f, (w0[layer],), (v,))[1] / samples)[0])
-        v = jax.random.normal(jax.random.PRNGKey(layer), w0[layer].shape)
-        lam = 0.0
-        for _ in range(iters):
-            v = gn(v)
-            lam = float(frobenius_norm(v))
-            v = v / lam
-        g = grads[layer]
-        p = polar(g, method="svd")
-        a = acts[layer]
-        rows.append([lam, float(jnp.vdot(g, hvp(g)) / jnp.vdot(g, g)), float(jnp.vdot(p, hvp(p))),
-                     float(jnp.linalg.norm(a, ord=2) ** 2 / samples), float(frobenius_norm(a) ** 2 / samples)])
+    rows = [np.asarray(_layer_curvature(w0, x, y, jax.random.PRNGKey(layer), layer=layer, iters=iters))
+            for layer in range(len(LAYERS))]  # one program per layer: the shapes differ
     rows = np.asarray(rows)
     names = ["gn_max", "along_gradient", "along_polar", "rule_gd", "rule_spectral"]
     return xr.Dataset({n: ("layer", rows[:, i]) for i, n in enumerate(names)},
