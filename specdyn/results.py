@@ -306,3 +306,44 @@ def paired_comparison(
                "description": f"{a} - {b} at their best rates, paired by seed: two-sided {label[test]}, "
                               f"{confidence:.0%} t-interval of the mean difference"},
     )
+
+
+# ---- shared helpers of the experiments: threshold crossings, the best-rate index, one run
+__all__ += ["best_lr_index", "first_crossing", "first_step", "index_zero_except"]
+
+def first_step(hit, steps, *, stay: bool = False, axis: int = -1) -> np.ndarray:
+    """First entry of ``steps`` where the boolean ``hit`` holds along ``axis`` (NaN if never).
+
+    With ``stay=True``: the first step from which ``hit`` holds up to the last entry (a
+    crossing that later reverts does not count). ``steps`` has the length of that axis.
+    """
+    hit = np.moveaxis(np.asarray(hit, dtype=bool), axis, -1)
+    steps = np.asarray(steps)
+    if steps.shape != hit.shape[-1:]:
+        raise ValueError(f"steps must have one entry per step, got {steps.shape=} for hit of shape {hit.shape}")
+    if stay:
+        hit = np.flip(np.logical_and.accumulate(np.flip(hit, -1), -1), -1)
+    first = np.asarray(steps)[np.argmax(hit, axis=-1)].astype(float)
+    return np.where(hit.any(axis=-1), first, np.nan)
+
+
+def first_crossing(x, threshold, steps, *, stay: bool = False) -> np.ndarray:
+    """First entry of ``steps`` where ``x`` (..., step) is > ``threshold`` (NaN if never);
+    with ``stay=True``, the first step from which it stays > threshold to the last entry.
+    NaN values (a diverged run) count as below the threshold."""
+    return first_step(np.asarray(x, dtype=float) > threshold, steps, stay=stay)
+
+
+def best_lr_index(score: xr.DataArray, *, mode: str = "min") -> xr.DataArray:
+    """Index along ``lr`` of the best score (a NaN score, e.g. a rate where a seed diverged,
+    is never chosen unless every rate is NaN: then index 0), as :func:`best_learning_rate`."""
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode=!r}")
+    if mode == "min":
+        return score.fillna(np.inf).argmin("lr")
+    return score.fillna(-np.inf).argmax("lr")
+
+
+def index_zero_except(da, keep=()):
+    """``da`` (DataArray or Dataset) with every dim not in ``keep`` taken at index 0."""
+    return da.isel({d: 0 for d in da.dims if d not in keep})

@@ -166,3 +166,12 @@ def test_depth_gap_keeps_methods_that_never_escape():
     assert "not escaped within T=300" in texts and "gd, L=4: 1/1 rates" in texts
     assert {line.get_label() for line in fig.axes[0].get_lines()} >= {"gd", "specgd"}
     plt.close(fig)
+
+
+def test_long_tailed_digits_bad_input_names_the_argument():
+    from specdyn.problems.digits import long_tailed_digits
+
+    with pytest.raises(ValueError, match="imbalance_ratio"):
+        long_tailed_digits(0.5)
+    with pytest.raises(ValueError, match="test_fraction"):
+        long_tailed_digits(10.0, test_fraction=1.0)

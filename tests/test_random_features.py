@@ -266,3 +266,41 @@ def test_spiked_inputs_covariance():
         x = np.asarray(prob.inputs(jax.random.PRNGKey(0)))
         eig = np.linalg.eigvalsh(x @ x.T / x.shape[1])
         assert abs(eig[-1] - 5.0) < 0.1 and np.all(np.abs(eig[:-1] - 1) < 0.03)
+
+
+def test_compare_rules_is_the_paper_rates_on_the_instance():
+    """compare_rules (one sweep with the two LearningRateRules) = sd.simulate at the rates
+    n/‖A‖²_op and n/‖A‖²_F computed with numpy on the same instance."""
+    with jax.enable_x64(True):
+        prob = RandomFeatures(**SMALL)
+        ds = wsh.compare_rules(prob, seed=4, steps=12, record_every=3)
+        a = np.asarray(wsh.instance(prob, 4)["A"])
+        s = np.linalg.svd(a, compute_uv=False)
+        rates = {"gd": a.shape[1] / s[0] ** 2, "specgd": a.shape[1] / np.sum(s**2)}
+        np.testing.assert_allclose(ds["learning_rate"].sel(optimizer=["gd", "specgd"]).values,
+                                   [rates["gd"], rates["specgd"]], rtol=1e-12)
+        opts = {"gd": sd.gd(rates["gd"]),
+                "specgd": sd.spectral_gd(rates["specgd"], nuclear_scaling=True, method="svd")}
+        for name, opt in opts.items():
+            run = sd.simulate(prob, opt, key=jax.random.PRNGKey(4), steps=12, record_every=3)
+            np.testing.assert_array_equal(ds["step"].values, np.asarray(run["step"]))
+            np.testing.assert_allclose(ds["loss"].sel(optimizer=name).values, np.asarray(run["loss"]),
+                                       rtol=1e-10)
+        assert ds["loss"].dims == ("optimizer", "step") and ds.attrs["seed"] == 4
+
+
+def test_restarts_compile_nothing_for_another_seed():
+    """Restarts go through sd.simulate(params=...) and one vmapped, cached program: a second
+    call (another seed, same sizes) compiles nothing; restart 0 is SpecGD from zero init."""
+    from compile_log import count_compiles
+
+    prob = RandomFeatures(**SMALL)
+    kw = dict(steps=12, every=4, horizon=5)
+    wsh.restarts(prob, seed=0, **kw)
+    with count_compiles() as names:
+        r = wsh.restarts(prob, seed=1, **kw)
+    assert names == []
+    spec = wsh.compare_rules(prob, seed=1, steps=5)
+    np.testing.assert_allclose(r["specgd_loss"].isel(restart=0).values,
+                               spec["loss"].sel(optimizer="specgd").values, rtol=1e-10)
+    np.testing.assert_allclose(r["gd_loss"].values[:6], spec["loss"].sel(optimizer="gd").values, rtol=1e-10)

@@ -10,8 +10,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
+from specdyn.problems.digits import DigitsMLP, long_tailed_digits
 from specdyn.reduced import imbalanced as red
-from specdyn.results import best_learning_rate, learning_rate_scores, problem_of
+from specdyn.results import (
+    best_learning_rate,
+    best_lr_index,
+    first_step,
+    learning_rate_scores,
+    problem_of,
+)
 
 __all__ = ["RULE", "alpha_closed_forms", "best_lr_accuracy", "best_rate_table", "depth_gap", "depth_gaps",
            "digits_experiment", "digits_figure", "long_tailed_digits", "rule_text", "saturation_steps"]
@@ -65,11 +72,12 @@ def best_rate_table(ds: xr.Dataset, rule: dict = RULE) -> dict:
     score worse (a NaN score, a rate where some seed diverged, counts as worse).
     """
     scores = learning_rate_scores(ds, rule["metric"], mode=rule["mode"], rule=rule["rule"])
+    best = best_lr_index(scores, mode=rule["mode"])
     fill = np.inf if rule["mode"] == "min" else -np.inf
     out = {}
     for name in ds.optimizer.values:
         sc = scores.sel(optimizer=name).fillna(fill).values
-        i = int(np.argmin(sc) if rule["mode"] == "min" else np.argmax(sc))
+        i = int(best.sel(optimizer=name))
         lrs = ds.learning_rate.sel(optimizer=name).values
         out[str(name)] = {"lr": float(lrs[i]), "index": i, "n_rates": len(lrs), "score": float(sc[i]),
                           "interior": 0 < i < len(lrs) - 1,
@@ -120,9 +128,7 @@ def best_lr_accuracy(ds: xr.Dataset, rule: dict = RULE) -> plt.Figure:
 
 def saturation_steps(alpha: np.ndarray, star: np.ndarray, steps: np.ndarray, frac: float = 0.9) -> np.ndarray:
     """First recorded step at which α_c ≥ frac·α*_c (NaN if never); class axis last."""
-    hit = alpha >= frac * star
-    first = np.argmax(hit, axis=0)
-    return np.where(hit.any(axis=0), steps[first], np.nan)
+    return first_step(np.asarray(alpha) >= frac * np.asarray(star), steps, axis=0)
 
 
 def depth_gaps(ds: xr.Dataset, frac: float = 0.9) -> dict:
@@ -189,78 +195,6 @@ def depth_gap(ds: xr.Dataset) -> plt.Figure:
 
 
 # ---------------------------------------------------------------- real data: digits
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from specdyn.problem import problem, static  # noqa: E402
-
-
-def long_tailed_digits(imbalance_ratio: float = 10.0, seed: int = 0, test_fraction: float = 0.3):
-    """scikit-learn's 8×8 digits (shipped, no download), scaled to [0, 1] and standardised.
-
-    Split per class (stratified, so every seed gives arrays of the same shapes): a
-    fraction ``test_fraction`` of each class goes to a balanced test set; of the rest,
-    class c keeps round(n_0 · ρ^(−c/9)) examples (:func:`specdyn.problems.datasets.long_tailed_counts`,
-    ρ = ``imbalance_ratio`` = n_max / n_min: class 0 the head, class 9 the tail).
-    ``seed`` picks which examples. Returns a data dict for :class:`DigitsMLP`.
-    """
-    from sklearn.datasets import load_digits
-
-    from specdyn.problems.datasets import long_tailed_counts
-
-    x, y = load_digits(return_X_y=True)
-    rng = np.random.default_rng(seed)
-    pools, test = [], []
-    for c in range(10):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        n_test = int(round(test_fraction * len(idx)))
-        test.append(idx[:n_test])
-        pools.append(idx[n_test:])
-    counts = long_tailed_counts([len(p) for p in pools], imbalance_ratio)
-    train = np.concatenate([p[:n] for p, n in zip(pools, counts, strict=True)])
-    test = np.concatenate(test)
-    x = x / 16.0
-    m, s = x[train].mean(0), x[train].std(0) + 1e-3
-    f = lambda a: jnp.asarray((a - m) / s, dtype=jnp.float32)  # noqa: E731
-    return {"x": f(x[train]), "y": jnp.asarray(y[train]), "x_test": f(x[test]), "y_test": jnp.asarray(y[test])}
-
-
-@problem
-class DigitsMLP:
-    """One-hidden-layer tanh MLP on long-tailed digits, full-batch cross-entropy.
-    Data comes through ``sd.simulate(..., data=long_tailed_digits(...))``."""
-
-    width: int = static(64)
-    init_scale: float = 1.0
-
-    def init(self, key):
-        k1, k2 = jax.random.split(key)
-        return {"W1": self.init_scale * jax.random.normal(k1, (self.width, 64)) / 8.0,
-                "W2": self.init_scale * jax.random.normal(k2, (10, self.width)) / jnp.sqrt(self.width)}
-
-    def _logits(self, params, x):
-        return jnp.tanh(x @ params["W1"].T) @ params["W2"].T
-
-    def loss(self, params, data):
-        logp = jax.nn.log_softmax(self._logits(params, data["x"]))
-        return -jnp.mean(jnp.take_along_axis(logp, data["y"][:, None], axis=1))
-
-    def metrics(self, params, data):
-        logits = self._logits(params, data["x_test"])
-        pred = jnp.argmax(logits, axis=1)
-        hit = (pred == data["y_test"]).astype(jnp.float32)
-        onehot = jax.nn.one_hot(data["y_test"], 10)
-        per_class = jnp.maximum(onehot.sum(0), 1.0)
-        class_acc = hit @ onehot / per_class
-        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), data["y_test"][:, None], axis=1)[:, 0]
-        class_loss = nll @ onehot / per_class
-        return {"accuracy": jnp.mean(hit), "balanced_accuracy": jnp.mean(class_acc),
-                "worst_accuracy": jnp.min(class_acc), "class_accuracy": class_acc,
-                "balanced_loss": jnp.mean(class_loss), "class_loss": class_loss}
-
-    metric_dims = {"class_accuracy": ("class",), "class_loss": ("class",)}  # noqa: RUF012
-
-
 # Centre of each optimizer's grid; the full-size grid is these × 3^k, k = −3..3 (seven rates).
 DIGITS_LRS = {"gd": 0.5, "ngd": 0.3, "specgd": 0.03, "muon": 0.015, "shampoo": 0.05, "adam": 0.005}
 DIGITS_FACTORS = tuple(3.0**k for k in range(-3, 4))
@@ -269,53 +203,45 @@ DIGITS_METRICS = ("loss", "accuracy", "balanced_accuracy", "worst_accuracy", "ba
 
 def digits_experiment(*, full: bool = False, seeds=None, imbalance_ratio: float = 10.0, learning_rates=None,
                       optimizers=("gd", "ngd", "specgd", "muon", "shampoo", "adam"), steps=None):
-    """Balanced/worst-class test accuracy over full-batch training of :class:`DigitsMLP` on
-    long-tailed digits (imbalance ratio ρ = n_max/n_min), each optimizer (GD, NGD, SpecGD,
-    Muon, Shampoo, Adam from :mod:`specdyn`) at its best learning rate.
+    """Balanced/worst-class test accuracy over full-batch training of
+    :class:`~specdyn.problems.digits.DigitsMLP` on long-tailed digits (imbalance ratio
+    ρ = n_max/n_min), each optimizer (GD, NGD, SpecGD, Muon, Shampoo, Adam from
+    :mod:`specdyn`) at its best learning rate.
 
     ``learning_rates`` maps an optimizer to a rate or a list of rates; by default, full
     size tries DIGITS_LRS × DIGITS_FACTORS (seven rates a factor 3 apart) and smoke size
     DIGITS_LRS alone. Selection rule: :data:`RULE`, the same as the long-tailed mixture
     (lowest seed-mean balanced test cross-entropy reached during training; a rate at
-    which any seed diverged is never chosen). Seeds and rates of one optimizer run as one
-    vmapped program. Smoke: 60 steps, 2 seeds; full: 600 steps, 5 seeds. Returns
-    {optimizer: {metric: array (seed, record), "learning_rate": chosen, "scores": {rate:
-    score}, "interior": bool, "peak_balanced_accuracy": {rate: value}, "imbalance_ratio": ρ},
-    "step": steps}.
+    which any seed diverged is never chosen), through ``sd.results.best_learning_rate``.
+    Each optimizer is one ``sd.sweep`` over its rates × seeds with one data set per seed
+    (:func:`~specdyn.problems.digits.long_tailed_digits`). Smoke: 60 steps, 2 seeds; full:
+    600 steps, 5 seeds. Returns {optimizer: {metric: array (seed, record), "learning_rate":
+    chosen, "scores": {rate: score}, "interior": bool, "peak_balanced_accuracy": {rate:
+    value}, "imbalance_ratio": ρ}, "step": steps}.
     """
-    import specdyn as sd
-    from specdyn.simulate import record_steps
+    from specdyn.sweep import sweep
 
     default_steps, rec = (600, 10) if full else (60, 10)
     steps = default_steps if steps is None else steps
     seeds = list(range(5 if full else 2)) if seeds is None else list(seeds)
-    datas = [long_tailed_digits(imbalance_ratio, seed=s) for s in seeds]
-    data = jax.tree.map(lambda *a: jnp.stack(a), *datas)
-    keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-    prob = DigitsMLP()
-    out = {"step": record_steps(steps, rec)}
-    for name in optimizers:
+    datas = {s: long_tailed_digits(imbalance_ratio, seed=s) for s in seeds}
+    out = {}
+    for name in optimizers:  # one sweep each: the optimizers' grids may differ in length
         given = (learning_rates or {}).get(name)
         if given is None:
             given = [DIGITS_LRS[name] * f for f in (DIGITS_FACTORS if full else (1.0,))]
         lrs = [float(v) for v in np.atleast_1d(given)]
-
-        def run(lr, key, d, name=name):
-            r = sd.simulate(prob, sd.get_optimizer(name, lr), key=key, steps=steps, record_every=rec, data=d)
-            return {k: r[k] for k in (*DIGITS_METRICS, "diverged_at")}
-
-        runs = jax.jit(jax.vmap(jax.vmap(run, in_axes=(None, 0, 0)), in_axes=(0, None, None)))(
-            jnp.asarray(lrs, jnp.float32), keys, data)
-        runs = {k: np.asarray(v) for k, v in runs.items()}
-        ds = xr.Dataset({k: (("lr", "seed", "step"), runs[k]) for k in DIGITS_METRICS}
-                        | {"diverged_at": (("lr", "seed"), runs["diverged_at"])})
+        ds = sweep(DigitsMLP(), optimizers=[name], learning_rates=lrs, seeds=seeds, steps=steps,
+                   record_every=rec, data=datas.__getitem__, progress=False).sel(optimizer=name)
+        out.setdefault("step", ds["step"].values)
+        score = learning_rate_scores(ds, RULE["metric"], mode=RULE["mode"], rule=RULE["rule"])
+        best = int(best_lr_index(score, mode=RULE["mode"]))
+        at_best = best_learning_rate(ds, RULE["metric"], mode=RULE["mode"], rule=RULE["rule"])
         fill = np.inf if RULE["mode"] == "min" else -np.inf
-        score = learning_rate_scores(ds, RULE["metric"], mode=RULE["mode"], rule=RULE["rule"]).fillna(fill).values
-        best = int(np.argmin(score) if RULE["mode"] == "min" else np.argmax(score))
         peak = learning_rate_scores(ds, "balanced_accuracy", mode="max", rule="peak").values
-        out[name] = {k: runs[k][best] for k in DIGITS_METRICS}
+        out[name] = {k: at_best[k].transpose("seed", "step").values for k in DIGITS_METRICS}
         out[name]["learning_rate"] = lrs[best]
-        out[name]["scores"] = dict(zip(lrs, score.tolist(), strict=True))
+        out[name]["scores"] = dict(zip(lrs, score.fillna(fill).values.tolist(), strict=True))
         out[name]["interior"] = 0 < best < len(lrs) - 1
         out[name]["peak_balanced_accuracy"] = dict(zip(lrs, peak.tolist(), strict=True))
         out[name]["imbalance_ratio"] = float(imbalance_ratio)

@@ -42,7 +42,15 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from specdyn.problems.matrix_sensing import MatrixSensing
-from specdyn.results import best_learning_rate, learning_rate_scores, log_log_slope, problem_of
+from specdyn.results import (
+    best_learning_rate,
+    best_lr_index,
+    first_step,
+    index_zero_except,
+    learning_rate_scores,
+    log_log_slope,
+    problem_of,
+)
 from specdyn.simulate import sample_run
 
 __all__ = [
@@ -61,19 +69,12 @@ _PHASES = ("I", "II", "III")
 
 
 # ---------------------------------------------------------------- phase detection
-def _first(hit, steps):
-    idx = np.argmax(hit, axis=-1)
-    return np.where(hit.any(axis=-1), np.asarray(steps)[idx].astype(float), np.nan)
-
-
 def _ends(angle, smin, err, steps, sigma_min_x, angle_threshold, signal_fraction, plateau_factor):
     angle, smin, err = np.asarray(angle), np.asarray(smin), np.asarray(err)
-    end1 = _first(angle <= angle_threshold, steps)
-    end2 = _first(smin >= signal_fraction * np.asarray(sigma_min_x)[..., None], steps)
+    end1 = first_step(angle <= angle_threshold, steps)
+    end2 = first_step(smin >= signal_fraction * np.asarray(sigma_min_x)[..., None], steps)
     final = err[..., -1:]
-    # "stays below from t on": reverse cumulative AND
-    below = np.flip(np.logical_and.accumulate(np.flip(err <= plateau_factor * final, -1), -1), -1)
-    end3 = _first(below & np.isfinite(final), steps)
+    end3 = first_step((err <= plateau_factor * final) & np.isfinite(final), steps, stay=True)  # stays below
     return np.stack([end1, end2, end3], axis=-1)
 
 
@@ -131,11 +132,9 @@ def power_method(problem: MatrixSensing, data, u0, learning_rate, steps):
 # ---------------------------------------------------------------- helpers for figures
 def _reduce_rest(da, keep):
     """Mean over seeds (diverged runs are NaN and skipped); other unkept dims at index 0."""
-    for d in list(da.dims):
-        if d in keep:
-            continue
-        da = da.mean(d, skipna=True) if d == "seed" else da.isel({d: 0})
-    return da
+    if "seed" in da.dims and "seed" not in keep:
+        da = da.mean("seed", skipna=True)
+    return index_zero_except(da, keep)
 
 
 # ---------------------------------------------------------------- figures
@@ -322,7 +321,7 @@ def methods(ds: xr.Dataset) -> Figure:
             b = best.sel(optimizer=opt) if it is None else best.sel(optimizer=opt, init_type=it)
             sc = score.sel(optimizer=opt) if it is None else score.sel(optimizer=opt, init_type=it)
             sc = _reduce_rest(sc, ("lr",))
-            idx = int(sc.fillna(np.inf).argmin("lr"))
+            idx = int(best_lr_index(sc))
             edge = "" if 0 < idx < n_lr - 1 else ", grid edge!"
             e = _reduce_rest(b["test_error"], ("step", "seed")).mean("seed")
             lr = float(np.asarray(b["learning_rate"]).ravel()[0])

@@ -33,11 +33,19 @@ import optax
 import xarray as xr
 from scipy import integrate, stats
 
-from specdyn.diagnostics import frobenius_norm, nuclear_rank, stable_rank
+from specdyn.diagnostics import frobenius_norm, stable_rank
 from specdyn.layerwise import incoming_activations, layerwise_criterion, matrix_paths
 from specdyn.optimizers import muon
 from specdyn.problem import require
-from specdyn.transforms import scale_by_polar
+from specdyn.problems.activations import ACTIVATIONS, activate
+from specdyn.problems.sparse_regression import (
+    LAYERS,
+    SparseRegression,
+    network_loss,
+    per_layer_rule,
+    relu2_forward,
+)
+from specdyn.simulate import simulate
 
 __all__ = [
     "ACTIVATIONS",
@@ -60,16 +68,7 @@ __all__ = [
 # ---------------------------------------------------------------------------
 # 1. stable rank of post-activations at Gaussian init
 
-_gelu = lambda x: jax.nn.gelu(x, approximate=False)
-
-# name -> (activation of one pre-activation, number of pre-activations it takes)
-ACTIVATIONS = {
-    "relu": (jax.nn.relu, 1),
-    "relu2": (lambda x: jnp.square(jax.nn.relu(x)), 1),
-    "tanh": (jnp.tanh, 1),
-    "gelu": (_gelu, 1),
-    "swiglu": (lambda x, y: jax.nn.silu(x) * y, 2),
-}
+# ACTIVATIONS: name -> (activation, number of pre-activations it takes), from specdyn.problems.activations
 
 _SCALAR = {
     "relu": lambda g: np.maximum(g, 0.0),
@@ -136,7 +135,7 @@ class TransformerBlock(eqx.Module):
         mask = jnp.tril(jnp.ones((x.shape[0], x.shape[0]), bool))
         x = x + self.attention(h, h, h, mask=mask)
         h = jax.vmap(self.norm2)(x)
-        return x + jax.vmap(lambda t: self.mlp_out(_gelu(self.mlp_in(t))))(h)
+        return x + jax.vmap(lambda t: self.mlp_out(activate("gelu", self.mlp_in(t))))(h)
 
 
 def _build(cls, key, **kwargs):
@@ -240,37 +239,29 @@ def init_stable_rank_figure(ds: xr.Dataset) -> plt.Figure:
 # 2. sparse regression y = x1 x2 x3 with a ReLU² network
 
 
-def _relu2_forward(weights, x):
-    """Outputs and the incoming activations A_0 = X, A_1, ... of each layer."""
-    acts = [x]
-    h = x
-    for w in weights[:-1]:
-        h = jnp.square(jax.nn.relu(w @ h))
-        acts.append(h)
-    return weights[-1] @ h, acts
+RULES = {"gd": (), "spectral_middle": (1, 2)}  # rule -> layers (0-based) with spectral steps
 
 
 def sparse_regression_setup(dim: int, samples: int, test_samples: int, seed: int):
     """Training and test sets (x ~ N(0, I_d), y = x₁x₂x₃) and the initial weights of
-    :func:`sparse_regression`: (X, y, X_test, y_test, [W1, W2, W3, W4])."""
-    key = jax.random.PRNGKey(seed)
-    kx, kt, kw = jax.random.split(key, 3)
-    x = jax.random.normal(kx, (dim, samples))
-    xt = jax.random.normal(kt, (dim, test_samples))
-    target = lambda x: x[0] * x[1] * x[2]
-    h = 4 * dim
-    shapes = [(h, dim), (h, h), (h, h), (1, h)]
-    # variance-preserving init: E relu(g)⁴ = 3/2 for g ~ N(0, 1), so layers after the
-    # first get variance 2/(3 fan_in) and every pre-activation (and the output) has variance ≈ 1
-    gains = [1.0, 2 / 3, 2 / 3, 2 / 3]
-    weights0 = [jax.random.normal(k, s) * jnp.sqrt(g / s[1])
-                for k, s, g in zip(jax.random.split(kw, 4), shapes, gains)]
-    return x, target(x), xt, target(xt), weights0
+    :func:`sparse_regression`: (X, y, X_test, y_test, [W1, W2, W3, W4]) from
+    ``PRNGKey(seed)`` split into (train, test, weights) keys."""
+    prob = SparseRegression(dim=dim, samples=samples, test_samples=test_samples)
+    kx, kt, kw = jax.random.split(jax.random.PRNGKey(seed), 3)
+    d = prob.inputs(kx, kt)
+    return d["x"], d["y"], d["x_test"], d["y_test"], prob.init(kw)
 
 
-def sparse_regression_loss(weights, x, y):
-    """(1/2n)‖f(X) − y‖² for the ReLU² network with weights [W1, ..., W4]."""
-    return 0.5 * jnp.mean(jnp.square(_relu2_forward(weights, x)[0][0] - y))
+sparse_regression_loss = network_loss  # (1/2n)‖f(X) − y‖² for the ReLU² net with weights [W1, ..., W4]
+
+
+@functools.partial(jax.jit, static_argnames=("problem", "spectral", "steps", "record_every"))
+def _sparse_run(problem, data, params, lr, *, spectral, steps, record_every):
+    """One run of the per-layer rule through ``sd.simulate``; the rule is built from the traced
+    inputs (an engine sweep cannot: its optimizers do not see the data)."""
+    optimizer = per_layer_rule(lr, data["x"], spectral)
+    return simulate(problem, optimizer, key=jax.random.PRNGKey(0), steps=steps, record_every=record_every,
+                    data=data, params=params)
 
 
 def sparse_regression(
@@ -293,7 +284,9 @@ def sparse_regression(
     * spectral layer: W ← W − lr·(n/‖A_{ℓ−1}‖_F²)·‖G‖_*·polar(G)
       (``scale_by_polar(nuclear_scaling=True)``),
 
-    routed by ``optax.multi_transform``. Rule ``"gd"`` uses GD on every layer,
+    (:func:`specdyn.problems.sparse_regression.per_layer_rule`, one ``sd.simulate`` run per
+    rule on :class:`~specdyn.problems.sparse_regression.SparseRegression`; losses are
+    recorded every step, nr/st every ``record_every``). Rule ``"gd"`` uses GD on every layer,
     ``"spectral_middle"`` spectral steps on the two middle (4d × 4d) layers.
 
     Why ``lr`` (a global factor on the paper's per-layer steps) is 0.003 and not 1: the
@@ -331,58 +324,71 @@ def sparse_regression(
     require(dim >= 3, "dim", dim, "be >= 3 (the target uses x1 x2 x3)")
     require(lr > 0, "lr", lr, "be > 0")
     x, y, xt, yt, weights0 = sparse_regression_setup(dim, samples, test_samples, seed)
-    loss_fn = sparse_regression_loss
-    rules = {"gd": ["gd"] * 4, "spectral_middle": ["gd", "spectral", "spectral", "gd"]}
+    data = {"x": x, "y": y, "x_test": xt, "y_test": yt}
     n_rec = steps // record_every + 1
-
-    out = {}
-    for rule, labels in rules.items():
-        tx = optax.multi_transform(
-            {"gd": optax.identity(), "spectral": scale_by_polar(nuclear_scaling=True)}, labels)
-
-        def run(w0, x, y, xt, yt, tx=tx, labels=labels):
-            # the data are arguments, not closed-over constants (XLA would constant-fold them)
-            def step(carry, _):
-                w, state = carry
-                loss, grads = jax.value_and_grad(loss_fn)(w, x, y)
-                acts = _relu2_forward(w, x)[1]
-                updates, state = tx.update(grads, state, w)
-                scales = [samples / jnp.square(frobenius_norm(a) if lab == "spectral"
-                                               else jnp.linalg.norm(a, ord=2))
-                          for a, lab in zip(acts, labels)]
-                new = [wi - lr * s * u for wi, s, u in zip(w, scales, updates)]
-                return (new, state), (loss, loss_fn(w, xt, yt))
-
-            def chunk(carry, _):
-                w = carry[0]
-                grads = jax.grad(loss_fn)(w, x, y)
-                acts = _relu2_forward(w, x)[1]
-                diag = (jnp.stack([nuclear_rank(g) for g in grads]),
-                        jnp.stack([stable_rank(a) for a in acts]))
-                carry, (loss, test) = jax.lax.scan(step, carry, None, length=record_every)
-                return carry, (loss, test, diag)
-
-            carry, (loss, test, diag) = jax.lax.scan(chunk, (w0, tx.init(w0)), None, length=n_rec)
-            return loss.reshape(-1), test.reshape(-1), diag
-
-        loss, test, (nr, st) = jax.jit(run)(weights0, x, y, xt, yt)
-        out[rule] = (np.asarray(loss)[: steps + 1], np.asarray(test)[: steps + 1],
-                     np.asarray(nr), np.asarray(st))
-    names = list(rules)
+    losses, diags = {}, {}
+    for rule, spectral in RULES.items():
+        for diagnostics, every in ((False, 1), (True, record_every)):  # losses every step, SVDs per record
+            prob = SparseRegression(dim=dim, samples=samples, test_samples=test_samples, diagnostics=diagnostics)
+            out = _sparse_run(prob, data, weights0, jnp.asarray(lr, x.dtype), spectral=spectral, steps=steps,
+                              record_every=every)
+            if diagnostics:
+                keep = np.asarray(out["step"]) % record_every == 0  # the last step only if on the grid
+                diags[rule] = (np.asarray(out["nuclear_rank"])[keep], np.asarray(out["stable_rank"])[keep])
+            else:
+                losses[rule] = (np.asarray(out["loss"]), np.asarray(out["test_loss"]))
+    names = list(RULES)
     return xr.Dataset(
         {
-            "loss": (("rule", "step"), np.stack([out[m][0] for m in names])),
-            "test_loss": (("rule", "step"), np.stack([out[m][1] for m in names])),
-            "nuclear_rank": (("rule", "record", "layer"), np.stack([out[m][2] for m in names])),
-            "stable_rank": (("rule", "record", "layer"), np.stack([out[m][3] for m in names])),
+            "loss": (("rule", "step"), np.stack([losses[m][0] for m in names])),
+            "test_loss": (("rule", "step"), np.stack([losses[m][1] for m in names])),
+            "nuclear_rank": (("rule", "record", "layer"), np.stack([diags[m][0] for m in names])),
+            "stable_rank": (("rule", "record", "layer"), np.stack([diags[m][1] for m in names])),
         },
-        coords={"rule": names, "step": np.arange(min(steps + 1, n_rec * record_every)),
-                "record": np.arange(n_rec) * record_every, "layer": ["W1", "W2", "W3", "W4"]},
+        coords={"rule": names, "step": np.arange(steps + 1),
+                "record": np.arange(n_rec) * record_every, "layer": list(LAYERS)},
         attrs={"dim": dim, "samples": samples, "lr": lr, "seed": seed,
                "target_variance": float(jnp.var(yt)),
                "zero_train_loss": float(0.5 * jnp.mean(jnp.square(y))),
                "zero_test_loss": float(0.5 * jnp.mean(jnp.square(yt)))},
     )
+
+
+@functools.partial(jax.jit, static_argnames=("layer", "iters"))
+def _layer_curvature(w0, x, y, key, *, layer, iters):
+    """[gn_max, along_gradient, along_polar, rule_gd, rule_spectral] of one layer at ``w0``
+    (see :func:`sparse_regression_curvature`); the power iteration is a ``fori_loop``."""
+    from specdyn.polar import polar
+
+    n = x.shape[-1]
+
+    def with_layer(wl):
+        return [wl if i == layer else w for i, w in enumerate(w0)]
+
+    def loss_of(wl):
+        return sparse_regression_loss(with_layer(wl), x, y)
+
+    def out_of(wl):
+        return relu2_forward(with_layer(wl), x)[0][0]
+
+    def hvp(v):
+        return jax.jvp(jax.grad(loss_of), (w0[layer],), (v,))[1]
+
+    pull = jax.vjp(out_of, w0[layer])[1]
+
+    def power(_, carry):  # v <- (1/n) JᵀJ v / ‖·‖; the norm converges to the top eigenvalue
+        v, _ = carry
+        v = pull(jax.jvp(out_of, (w0[layer],), (v,))[1] / n)[0]
+        lam = frobenius_norm(v)
+        return v / lam, lam
+
+    v0 = jax.random.normal(key, w0[layer].shape)
+    _, lam = jax.lax.fori_loop(0, iters, power, (v0, jnp.zeros((), v0.dtype)))
+    g = jax.grad(loss_of)(w0[layer])
+    p = polar(g, method="svd")
+    a = relu2_forward(w0, x)[1][layer]
+    return jnp.stack([lam, jnp.vdot(g, hvp(g)) / jnp.vdot(g, g), jnp.vdot(p, hvp(p)),
+                      jnp.linalg.norm(a, ord=2) ** 2 / n, frobenius_norm(a) ** 2 / n])
 
 
 def sparse_regression_curvature(*, dim: int = 128, samples: int = 512, seed: int = 0,
@@ -396,33 +402,9 @@ def sparse_regression_curvature(*, dim: int = 128, samples: int = 512, seed: int
     ``rule_spectral`` = ‖A_{ℓ−1}‖²_F/n, the curvatures the GD and spectral rules assume.
     Ratios above 1 say by how much the rule's step is too long (see :func:`sparse_regression`).
     """
-    from specdyn.polar import polar
-
     x, y, _, _, w0 = sparse_regression_setup(dim, samples, 1, seed)
-    acts = _relu2_forward(w0, x)[1]
-    grads = jax.grad(sparse_regression_loss)(w0, x, y)
-    rows = []
-    for layer in range(4):
-        def loss_of(wl, layer=layer):
-            return sparse_regression_loss([wl if i == layer else w for i, w in enumerate(w0)], x, y)
-
-        def out_of(wl, layer=layer):
-            return _relu2_forward([wl if i == layer else w for i, w in enumerate(w0)], x)[0][0]
-
-        hvp = lambda v, f=loss_of, layer=layer: jax.jvp(jax.grad(f), (w0[layer],), (v,))[1]  # noqa: E731
-        pull = jax.vjp(out_of, w0[layer])[1]
-        gn = jax.jit(lambda v, f=out_of, layer=layer, pull=pull: pull(jax.jvp(f, (w0[layer],), (v,))[1] / samples)[0])
-        v = jax.random.normal(jax.random.PRNGKey(layer), w0[layer].shape)
-        lam = 0.0
-        for _ in range(iters):
-            v = gn(v)
-            lam = float(frobenius_norm(v))
-            v = v / lam
-        g = grads[layer]
-        p = polar(g, method="svd")
-        a = acts[layer]
-        rows.append([lam, float(jnp.vdot(g, hvp(g)) / jnp.vdot(g, g)), float(jnp.vdot(p, hvp(p))),
-                     float(jnp.linalg.norm(a, ord=2) ** 2 / samples), float(frobenius_norm(a) ** 2 / samples)])
+    rows = [np.asarray(_layer_curvature(w0, x, y, jax.random.PRNGKey(layer), layer=layer, iters=iters))
+            for layer in range(len(LAYERS))]  # one program per layer: the shapes differ
     rows = np.asarray(rows)
     names = ["gn_max", "along_gradient", "along_polar", "rule_gd", "rule_spectral"]
     return xr.Dataset({n: ("layer", rows[:, i]) for i, n in enumerate(names)},

@@ -34,7 +34,14 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from specdyn.results import best_learning_rate, learning_rate_scores, log_log_slope
+from specdyn.results import (
+    best_learning_rate,
+    best_lr_index,
+    first_crossing,
+    learning_rate_scores,
+    log_log_slope,
+)
+from specdyn.results import index_zero_except as _rest_first
 
 __all__ = [
     "ESCAPE_RULE",
@@ -62,19 +69,6 @@ DISTANCE_RULE = ("rule: each optimizer at the rate (log grid) with the smallest 
 
 
 # ---------------------------------------------------------------- threshold crossings
-def first_crossing(x, threshold, steps, *, stay=False):
-    """First entry of ``steps`` where ``x`` (..., step) is > ``threshold`` (NaN if never);
-    with ``stay=True``, the first step from which it stays > threshold to the last entry.
-    NaN values (a diverged run) count as below the threshold."""
-    x = np.asarray(x, dtype=float)
-    hit = x > threshold
-    if stay:
-        hit = np.flip(np.logical_and.accumulate(np.flip(hit, -1), -1), -1)
-    idx = np.argmax(hit, axis=-1)
-    out = np.asarray(steps)[idx].astype(float)
-    return np.where(hit.any(axis=-1), out, np.nan)
-
-
 def _along_steps(data, name, steps, reduce):
     """Apply ``reduce(values, steps)`` over the step axis of numpy (..., step) data,
     or of a DataArray with a ``step`` dim (a Dataset: its ``name`` variable), vectorised
@@ -127,7 +121,7 @@ def _pick(ds, score):
     dist = ds["distance"].isel(step=-1).mean("seed")
     # lexicographic (score, distance): score first, distance breaks ties
     key = score.fillna(np.inf) + 1e-9 * dist.fillna(np.inf).clip(max=1e6) / 1e6
-    best = key.argmin("lr").drop_vars("step", errors="ignore")
+    best = best_lr_index(key).drop_vars("step", errors="ignore")
     score = score.drop_vars("step", errors="ignore")
     out = ds.isel(lr=best)
     n = ds.sizes["lr"]
@@ -152,16 +146,12 @@ def best_rate_by_distance(ds, rule="peak"):
     :func:`best_rate_by_accuracy` (via ``sd.results.best_learning_rate``)."""
     out = best_learning_rate(ds, "distance", mode="min", rule=rule)
     score = learning_rate_scores(ds, "distance", mode="min", rule=rule)
-    best = score.fillna(np.inf).argmin("lr")
+    best = best_lr_index(score)
     n = ds.sizes["lr"]
     out["best_index"] = best
     out["interior"] = (best > 0) & (best < n - 1)
     out["score"] = score.isel(lr=best)
     return out
-
-
-def _rest_first(da, keep):
-    return da.isel({d: 0 for d in da.dims if d not in keep})
 
 
 def _label(opt, sel):

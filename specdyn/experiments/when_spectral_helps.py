@@ -34,17 +34,20 @@ import numpy as np
 import xarray as xr
 
 from specdyn.diagnostics import nuclear_rank, stable_rank
-from specdyn.optimizers import gd, spectral_gd
+from specdyn.optimizers import get_optimizer
 from specdyn.problems.random_features import (
     RandomFeatures,
     gd_learning_rate,
     spectral_learning_rate,
 )
-from specdyn.results import log_log_slope
-from specdyn.simulate import simulate
+from specdyn.results import best_learning_rate, index_zero_except, log_log_slope
+from specdyn.simulate import sample_run, simulate
+from specdyn.sweep import LearningRateRule, sweep
 
 __all__ = [
     "FULL",
+    "OPTIMIZERS",
+    "RULES",
     "SMOKE",
     "compare_rules",
     "growth_figure",
@@ -77,16 +80,32 @@ SMOKE = {
 
 def instance(problem: RandomFeatures, seed: int = 0) -> dict:
     """The data set ``sd.simulate``/``sd.sweep`` draw for ``seed`` (key = PRNGKey(seed))."""
-    return problem.sample(jax.random.split(jax.random.PRNGKey(seed))[1])
+    return sample_run(problem, jax.random.PRNGKey(seed))[1]
+
+
+def _gd_rate(problem, data):
+    """Paper 3's GD rule n/‖A‖²_op (``gd_learning_rate``) as a sweep rule(problem, data)."""
+    return gd_learning_rate(data)
+
+
+def _spectral_rate(problem, data):
+    """Paper 3's SpecGD rule n/‖A‖²_F (``spectral_learning_rate``) as a sweep rule(problem, data)."""
+    return spectral_learning_rate(data)
+
+
+# The paper's two methods and their data-dependent rates, as a sweep takes them: module-level
+# objects, so every call reuses the same compiled programs.
+OPTIMIZERS = {"gd": None,
+              "specgd": functools.partial(get_optimizer, "specgd", nuclear_scaling=True, method="svd")}
+RULES = {"gd": LearningRateRule(_gd_rate), "specgd": LearningRateRule(_spectral_rate)}
 
 
 def step_rules(data) -> dict:
     """The paper's two rules on ``data``: {"gd": GD at n/‖A‖²_op,
-    "specgd": SpecGD (exact polar, nuclear scaling) at n/‖A‖²_F}."""
-    return {
-        "gd": gd(float(gd_learning_rate(data))),
-        "specgd": spectral_gd(float(spectral_learning_rate(data)), nuclear_scaling=True, method="svd"),
-    }
+    "specgd": SpecGD (exact polar, nuclear scaling) at n/‖A‖²_F}; the rates stay arrays."""
+    return {name: (get_optimizer(name, RULES[name].rule(None, data)) if factory is None
+                   else factory(RULES[name].rule(None, data)))
+            for name, factory in OPTIMIZERS.items()}
 
 
 def _fields(problem) -> dict:
@@ -95,29 +114,21 @@ def _fields(problem) -> dict:
 
 def compare_rules(problem: RandomFeatures, *, seed: int = 0, steps: int = 1000,
                   record_every: int = 1, x64: bool = True) -> xr.Dataset:
-    """GD and SpecGD from zero init with the paper's rates on one instance.
+    """GD and SpecGD from zero init with the paper's rates on one instance: one sweep.
 
     Returns a Dataset with dims (optimizer, step) holding every metric of the problem
     (loss, nuclear_rank, stable_rank_A, the guaranteed and realized one-step decreases of
-    both rules at the current iterate), and ``learning_rate(optimizer)``.
+    both rules at the current iterate), ``diverged_at(optimizer)`` and
+    ``learning_rate(optimizer)`` (the rates the rules gave on this instance).
     """
     with jax.enable_x64(x64):
-        data = instance(problem, seed)
-        rules = step_rules(data)
-        runs = {name: simulate(problem, opt, key=jax.random.PRNGKey(seed), steps=steps,
-                               record_every=record_every, data=data)
-                for name, opt in rules.items()}
-        lrs = [float(gd_learning_rate(data)), float(spectral_learning_rate(data))]
-    names = list(rules)
-    step = np.asarray(runs["gd"]["step"])
-    metrics = [k for k in runs["gd"] if k not in ("step", "params", "diverged_at")]
-    ds = xr.Dataset(
-        {k: (("optimizer", "step"), np.stack([np.asarray(runs[n][k]) for n in names]))
-         for k in metrics},
-        coords={"optimizer": names, "step": step, "learning_rate": ("optimizer", lrs)},
-        attrs={"seed": seed, **_fields(problem)},
-    )
-    ds["diverged_at"] = ("optimizer", [int(runs[n]["diverged_at"]) for n in names])
+        ds = sweep(problem, optimizers=OPTIMIZERS, learning_rates=RULES, seeds=[seed],
+                   steps=steps, record_every=record_every, progress=False)
+    ds = ds.isel(lr=0, seed=0, drop=True)
+    rates = ds["effective_learning_rate"]
+    ds = ds.drop_vars(["effective_learning_rate", "learning_rate"], errors="ignore")
+    ds = ds.assign_coords(learning_rate=("optimizer", rates.values))
+    ds.attrs.update({"seed": seed, **_fields(problem)})
     return ds
 
 
@@ -137,20 +148,17 @@ def restarts(problem: RandomFeatures, *, seed: int = 0, steps: int = 1000, every
     key = jax.random.PRNGKey(seed)
     with jax.enable_x64(x64):
         data = instance(problem, seed)
-        rules = step_rules(data)
+        gd = step_rules(data)["gd"]
         w = problem.init(key)
         gd_losses, starts = [], []
-        for _ in range(steps // every):  # one compiled program, reused for each chunk
-            out = simulate(problem, rules["gd"], key=key, steps=every, data=data, params=w)
+        for _ in range(steps // every):  # sd.simulate from the last iterate: one cached program
+            out = simulate(problem, gd, key=key, steps=every, data=data, params=w)
             gd_losses.append(np.asarray(out["loss"][:-1]))
             starts.append(w)
             w = out["params"]
         starts.append(w)
         gd_losses.append(np.asarray([float(problem.loss(w, data))]))
-        # every restart at once: one vmapped run over the stacked starting points
-        spec = jax.vmap(lambda w0: simulate(problem, rules["specgd"], key=key, steps=horizon,
-                                            data=data, params=w0)["loss"])(
-            jax.tree.map(lambda *a: jnp.stack(a), *starts))
+        spec = _spectral_restarts(problem, data, jax.tree.map(lambda *a: jnp.stack(a), *starts), key, horizon)
     gd_loss = np.concatenate(gd_losses)
     restart = np.arange(0, steps + 1, every)
     offset = np.arange(horizon + 1)
@@ -163,6 +171,15 @@ def restarts(problem: RandomFeatures, *, seed: int = 0, steps: int = 1000, every
         coords={"step": np.arange(steps + 1), "restart": restart, "offset": offset},
         attrs={"seed": seed, "every": every, "horizon": horizon, **_fields(problem)},
     )
+
+
+@functools.partial(jax.jit, static_argnames=("steps",))
+def _spectral_restarts(problem, data, starts, key, steps):
+    """SpecGD at the paper's rate from each of ``starts`` (stacked parameters): one vmapped
+    ``sd.simulate``; the loss (restart, record). Compiled once per shapes and ``steps``."""
+    optimizer = OPTIMIZERS["specgd"](RULES["specgd"].rule(problem, data))
+    run = lambda w0: simulate(problem, optimizer, key=key, steps=steps, data=data, params=w0)["loss"]  # noqa: E731
+    return jax.vmap(run)(starts)
 
 
 def nuclear_rank_growth(ks=(64, 128, 256, 512), *, seeds: int = 3, activation: str = "relu",
@@ -193,8 +210,7 @@ def nuclear_rank_growth(ks=(64, 128, 256, 512), *, seeds: int = 3, activation: s
 @functools.partial(jax.vmap, in_axes=(None, 0))
 def _growth_point(prob: RandomFeatures, seed):
     """(nr(G₀), nr(G₁), st(A)) on the instance of ``seed``: one program per size, vmapped."""
-    data = prob.sample(jax.random.split(jax.random.PRNGKey(seed))[1])
-    w0 = prob.init(None)
+    w0, data = sample_run(prob, jax.random.PRNGKey(seed))
     g0 = prob.gradient(w0, data)
     w1 = {"W": w0["W"] - gd_learning_rate(data) * g0}
     return nuclear_rank(g0), nuclear_rank(prob.gradient(w1, data)), stable_rank(data["A"])
@@ -207,14 +223,11 @@ def growth_slope(ds: xr.Dataset, var: str = "nr_one_step") -> float:
 
 # ---- figures ----------------------------------------------------------------------------
 def _one_run(ds: xr.Dataset) -> xr.Dataset:
-    """A sweep Dataset reduced to (optimizer, step): each optimizer's best lr, seed 0."""
-    if "seed" in ds.dims:
-        ds = ds.isel(seed=0)
-    if "lr" in ds.dims:
-        final = ds["loss"].isel(step=-1, drop=True).fillna(np.inf)
-        ds = ds.isel(lr=final.argmin("lr"))
-    extra = [d for d in ds["loss"].dims if d not in ("optimizer", "step")]
-    return ds.isel({d: 0 for d in extra})
+    """A sweep Dataset reduced to (optimizer, step): seed 0 at each optimizer's best lr
+    (smallest final loss, never a diverged run), other grid dims at index 0."""
+    if "lr" in ds.dims and "seed" in ds.dims:
+        ds = best_learning_rate(ds.isel(seed=[0]), "loss", mode="min", rule="final")
+    return index_zero_except(ds, ("optimizer", "step"))
 
 
 def rules_figure(ds: xr.Dataset) -> plt.Figure:

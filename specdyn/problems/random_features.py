@@ -28,6 +28,8 @@ import jax.numpy as jnp
 from specdyn.diagnostics import frobenius_norm, nuclear_norm, nuclear_rank, stable_rank
 from specdyn.polar import polar
 from specdyn.problem import problem, require, static
+from specdyn.problems.activations import ACTIVATIONS as _TABLE
+from specdyn.problems.activations import activate
 
 __all__ = [
     "ACTIVATIONS",
@@ -38,14 +40,7 @@ __all__ = [
     "spectral_learning_rate",
 ]
 
-ACTIVATIONS = ("relu", "relu2", "gelu", "tanh", "swiglu")
-
-_ACT = {
-    "relu": jax.nn.relu,
-    "relu2": lambda z: jnp.square(jax.nn.relu(z)),
-    "gelu": lambda z: jax.nn.gelu(z, approximate=False),
-    "tanh": jnp.tanh,
-}
+ACTIVATIONS = tuple(_TABLE)  # names; the functions are in specdyn.problems.activations
 
 
 def smoothness_constants(data) -> tuple[jax.Array, jax.Array]:
@@ -122,11 +117,9 @@ class RandomFeatures:
         """A = act(V X) (SwiGLU: SiLU(V₁X) ⊙ V₂X), V ~ N(0, 1)/sqrt(d)."""
         k1, k2 = jax.random.split(key)
         shape = (self.feature_dim, self.dim)
-        v1 = jax.random.normal(k1, shape) / jnp.sqrt(self.dim)
-        if self.activation == "swiglu":
-            v2 = jax.random.normal(k2, shape) / jnp.sqrt(self.dim)
-            return jax.nn.silu(v1 @ x) * (v2 @ x)
-        return _ACT[self.activation](v1 @ x)
+        arity = _TABLE[self.activation][1]
+        pre = [jax.random.normal(k, shape) / jnp.sqrt(self.dim) @ x for k in (k1, k2)[:arity]]
+        return activate(self.activation, *pre)
 
     def sample(self, key):
         kx, kv, kw = jax.random.split(key, 3)
