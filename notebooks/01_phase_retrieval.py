@@ -13,7 +13,6 @@
 #     name: python3
 # ---
 
-
 # %% [markdown]
 # # 01 — Phase retrieval under anisotropy: GD vs SpecGD (PAPERS.md §1, REPRODUCTION.md §1)
 # Inputs x ~ N(0, Σ) with a spiked covariance Σ = I + (λ−1)vvᵀ, spike direction v ⟂ θ; target
