@@ -77,6 +77,7 @@ for L in ([1, 2, 4] if SIZE == "full" else [1, 2]):
 
 # %% [markdown]
 # ## Accuracy gap over training (long tail, cross-entropy), each optimizer at its best lr
+# (`specdyn.experiments.imbalanced.RULE`: the lowest seed-mean balanced test loss reached during training)
 
 # %%
 k, d, n, steps = (20, 200, 2000, 2000) if SIZE == "full" else (5, 10, 200, 60)
@@ -86,7 +87,8 @@ lrs = {'gd': [1.0, 3.0], 'ngd': [0.03, 0.1], 'specgd': [0.03, 0.1], 'adam': [0.0
 lrs = lrs if SIZE == "full" else {k: lrs[k] for k in ('gd', 'specgd')}
 ds = sd.sweep(prob, optimizers=list(lrs), learning_rates=lrs, seeds=3 if SIZE == "full" else 1,
               steps=steps, record_every=max(1, steps // 40), progress=False)
-best = sd.results.best_learning_rate(ds, 'balanced_accuracy', mode='max', rule='peak')
+print(ex.rule_text())  # the module's stated rule: peak balanced test loss
+best = sd.results.best_learning_rate(ds, **ex.RULE)
 print(best.learning_rate.to_series())
 show(ex.best_lr_accuracy(ds))
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.special
 import xarray as xr
+from compile_log import count_compiles
 
 from specdyn.experiments import phase_retrieval as ex
 from specdyn.problems.phase_retrieval import PhaseRetrieval
@@ -76,15 +77,25 @@ def test_accuracy_rule_picks_fastest_stable_rate_and_flags_edges():
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    """The demo at d = 16, λ = 10: GD and SpecGD over 5-rate log grids, 400 steps (float32)."""
+    """The demo at d = 16, λ = 10: GD and SpecGD over 5-rate log grids, 400 steps (float32),
+    with the names of the programs it compiled."""
     rates = {"gd": [0.03, 0.1, 0.3, 1.0, 3.0], "specgd": [0.01, 0.03, 0.1, 0.3, 1.0]}
     out = tmp_path_factory.mktemp("demo")
-    return out, ex.demo(out, dim=16, spike=10.0, steps=400, learning_rates=rates)
+    with count_compiles() as names:
+        result = ex.demo(out, dim=16, spike=10.0, steps=400, learning_rates=rates)
+    return out, result, names
 
 
 @pytest.fixture(scope="module")
 def rate_grid_run(demo_run):
     return demo_run[1]["results"]
+
+
+def test_demo_compiles_one_training_program_per_optimizer(demo_run):
+    """The whole rate grid is one sweep call: at most one chunk program per optimizer (none
+    if an earlier test compiled the same shapes), whatever the number of rates."""
+    names = demo_run[2]
+    assert names.count("_chunk_program") <= 2, names
 
 
 def test_gd_amplifies_spike_and_loses_alignment_at_every_rate(rate_grid_run):
@@ -119,7 +130,7 @@ def test_tuned_specgd_reaches_accuracy_first_and_best_rates_are_interior(rate_gr
 
 
 def test_demo_runs_and_follows_the_rule(demo_run):
-    path, out = demo_run
+    path, out, _ = demo_run
     assert len(out["figures"]) == 2 and all(path.joinpath(f).exists() for f in out["figures"])
     s = out["summary"]
     assert "stays ≤" in out["rule"]

@@ -41,6 +41,8 @@ gradient (∂L/∂c = (d−2) g_c).
 
 from __future__ import annotations
 
+import functools
+
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -75,7 +77,9 @@ def _init(problem):
     return a0, a0, a0
 
 
+@functools.partial(jax.jit, static_argnames=("steps", "record_every", "sign"))
 def _map(problem, lr, steps, record_every, sign):
+    # one compiled program per (problem shapes, steps, record_every, sign); lr is data
     def step(abc, _):
         g = reduced_gradient(problem, *abc)
         if sign:
@@ -92,12 +96,12 @@ def _map(problem, lr, steps, record_every, sign):
 
 def reduced_gd_map(problem, lr, steps, record_every=1):
     """GD on (a, b, c): records at steps 0, r, 2r, ... < steps (before the update)."""
-    return _map(problem, lr, steps, record_every, sign=False)
+    return _map(problem, lr, steps=steps, record_every=record_every, sign=False)
 
 
 def spectral_map(problem, lr, steps, record_every=1):
     """SpecGD sign map (a,b,c) ← (a,b,c) − lr·sign(g); same recording as reduced_gd_map."""
-    return _map(problem, lr, steps, record_every, sign=True)
+    return _map(problem, lr, steps=steps, record_every=record_every, sign=True)
 
 
 def _flow(problem, t_save, sign, rtol, atol, max_steps):
