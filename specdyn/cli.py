@@ -405,6 +405,7 @@ def _cmd_sweep(args) -> None:
         )
         print(_plan_text(plans))
         return
+    from specdyn.config import resolve_figure
     from specdyn.plot import standard_figures
     from specdyn.results import save
 
@@ -425,7 +426,9 @@ def _cmd_sweep(args) -> None:
         ds.attrs["smoke"] = int(args.smoke)
         with _doing("write the results"):
             results = save(ds, out / "results.nc")
-            figures = standard_figures(ds, out, metrics=spec.metrics, figures=spec.figures)
+            figures = standard_figures(
+                ds, out, metrics=spec.metrics, figures={name: resolve_figure(name) for name in spec.figures}
+            )
     print(_summary(ds))
     line = _store_line(ds, out / "cells")
     if line:

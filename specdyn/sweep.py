@@ -32,6 +32,8 @@ import hashlib
 import itertools
 import json
 import math
+import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
@@ -386,6 +388,7 @@ def sweep(
     """
     setup = _prepare(problem, optimizers=optimizers, learning_rates=learning_rates, seeds=seeds, grid=grid,
                      steps=steps, record_every=record_every, data=data, batch_size=batch_size)
+    _warn_host_devices()
     names, rules, lrs, seed_list = setup["names"], setup["rules"], setup["lrs"], setup["seeds"]
     static_grid, data_grid, factories = setup["static_grid"], setup["data_grid"], setup["factories"]
     seed_data = {} if not callable(data) else {s: data(s) for s in seed_list}
@@ -473,6 +476,30 @@ def sweep(
             "cells_from_store": from_store,
         },
     )
+
+
+def host_device_warning(backend: str, devices: int, jaxlib_version: str, limit_blas: str | None) -> str | None:
+    """The warning for several CPU host devices on jaxlib 0.10.x (known to hang there; see
+    the README's note on CPUs with few cores), or None; ``SPECDYN_LIMIT_BLAS=0`` silences it."""
+    if backend != "cpu" or devices < 2 or not jaxlib_version.startswith("0.10.") or limit_blas == "0":
+        return None
+    return (
+        f"{devices} CPU host devices on jaxlib {jaxlib_version}: sweeps on several host devices are known "
+        "to hang on jaxlib 0.10 (README, 'A note on CPUs with few cores'); use one device (no "
+        "--xla_force_host_platform_device_count) or jaxlib >= 0.12; SPECDYN_LIMIT_BLAS=0 silences this"
+    )
+
+
+@functools.cache
+def _warn_host_devices() -> None:
+    """Warn once per process (see :func:`host_device_warning`)."""
+    import jaxlib
+
+    message = host_device_warning(
+        jax.default_backend(), jax.local_device_count(), jaxlib.__version__, os.environ.get("SPECDYN_LIMIT_BLAS")
+    )
+    if message:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _specdyn_version() -> str:

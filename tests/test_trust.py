@@ -216,3 +216,45 @@ def test_sigint_during_a_long_cell_exits_130_quickly_and_keeps_finished_cells(tm
     assert time.monotonic() - sent < 5
     assert "interrupted" in err and "Traceback" not in err
     assert first.exists() and not (out / "cells" / "cell-0001.npz").exists()
+
+
+def test_host_device_warning_only_for_several_cpu_devices_on_jaxlib_0_10():
+    from specdyn.sweep import host_device_warning
+
+    assert "known to hang" in host_device_warning("cpu", 2, "0.10.2", None)
+    assert host_device_warning("cpu", 2, "0.10.2", "0") is None
+    assert host_device_warning("cpu", 1, "0.10.2", None) is None
+    assert host_device_warning("cpu", 4, "0.12.0", None) is None
+    assert host_device_warning("gpu", 2, "0.10.2", None) is None
+
+
+BIG = textwrap.dedent(
+    """
+    description = "too big"
+    problem = "phase_retrieval"
+    steps = 3
+    seeds = 1
+    optimizers = ["gd"]
+    learning_rates = [0.1]
+    [fields]
+    dim = 100000
+    """
+)
+
+
+def test_cli_refuses_an_oversized_sweep_file_with_one_line_and_check_prints_the_plan(tmp_path, capsys):
+    from specdyn.cli import main
+
+    big = tmp_path / "big.toml"
+    big.write_text(BIG)
+    for extra in ([], ["--check"]):
+        assert main(["sweep", str(big), "--out", str(tmp_path / "o"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "dim=100000: one run of PhaseRetrieval needs" in err and str(big) in err
+    small = tmp_path / "small.toml"
+    small.write_text(BIG.replace("dim = 100000", "dim = 8").replace("seeds = 1", "seeds = 3"))
+    assert not (tmp_path / "o" / "cells").exists()  # refused before the store is opened
+    assert main(["sweep", str(small), "--out", str(tmp_path / "checked"), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "memory per group" in out and "groups per call" in out
+    assert not (tmp_path / "checked").exists()
