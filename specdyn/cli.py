@@ -501,6 +501,20 @@ def _cmd_demo(args) -> None:
     print(f"demo took {time.perf_counter() - start:.1f} s")
 
 
+def _settle() -> None:
+    """After an interrupt, wait for the device work already dispatched (at most one short
+    program call). An interrupt can land inside jax's tracing or dispatch; on jaxlib 0.10 the
+    interpreter's teardown after that crashed (SIGSEGV, 2 of 2 tries), so the command then
+    leaves with ``os._exit(130)``: every finished cell is already written atomically."""
+    if "jax" not in sys.modules:
+        return
+    import jax
+
+    for array in jax.live_arrays():
+        with contextlib.suppress(Exception):
+            array.block_until_ready()
+
+
 def main(argv=None) -> int:
     """Run the command; return its exit code (2 for bad input, 130 when interrupted)."""
     try:
@@ -523,7 +537,12 @@ def main(argv=None) -> int:
         print(f"specdyn: error: {_one_line(_os_message(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _settle()
         print("specdyn: interrupted; finished cells are kept in the store, re-run to resume", file=sys.stderr)
+        if argv is None:  # the command itself: leave now (see _settle)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
     return 0
 

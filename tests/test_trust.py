@@ -181,8 +181,8 @@ SLOW = textwrap.dedent(
     """
     description = "one quick cell, then a long one"
     problem = "matrix_least_squares"
-    steps = 400000
-    record_every = 100000
+    steps = 40000
+    record_every = 10000
     seeds = 1
     optimizers = ["gd"]
     learning_rates = [0.01]
@@ -216,6 +216,11 @@ def test_sigint_during_a_long_cell_exits_130_quickly_and_keeps_finished_cells(tm
     assert time.monotonic() - sent < 5
     assert "interrupted" in err and "Traceback" not in err
     assert first.exists() and not (out / "cells" / "cell-0001.npz").exists()
+    stored = first.stat().st_mtime_ns
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "resumed: 1 of 2 cells came from the store" in again.stdout
+    assert first.stat().st_mtime_ns == stored  # the finished cell was read, not recomputed
 
 
 def test_host_device_warning_only_for_several_cpu_devices_on_jaxlib_0_10():
