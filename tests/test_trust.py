@@ -263,3 +263,26 @@ def test_cli_refuses_an_oversized_sweep_file_with_one_line_and_check_prints_the_
     out = capsys.readouterr().out
     assert "memory per group" in out and "groups per call" in out
     assert not (tmp_path / "checked").exists()
+
+
+@pytest.mark.parametrize("steps,every", [(25, 10), (41, 3), (1000, 100), (7, 7), (300, 1)])
+def test_replanning_with_a_new_budget_at_any_call_keeps_every_record_and_step(steps, every):
+    # run_groups refits the steps per call to the measured speed, replanning from the step
+    # reached: the records must still fall at 0, r, 2r, ... and steps, each exactly once.
+    from specdyn.simulate import plan, record_steps
+
+    rng = np.random.default_rng(steps)
+    done, recorded = 0, []
+    calls = plan(steps, every, budget=int(rng.integers(1, 20)))
+    while calls:
+        record, count = calls.pop(0)
+        t = done
+        for flag, n in zip(record, count, strict=True):
+            if flag:
+                recorded.append(t)
+            t += int(n)
+        done = t
+        if calls and rng.random() < 0.5:
+            calls = plan(steps, every, budget=int(rng.integers(1, 50)), start=done)
+    assert done == steps
+    np.testing.assert_array_equal(recorded, record_steps(steps, every))
