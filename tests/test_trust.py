@@ -286,3 +286,17 @@ def test_replanning_with_a_new_budget_at_any_call_keeps_every_record_and_step(st
             calls = plan(steps, every, budget=int(rng.integers(1, 50)), start=done)
     assert done == steps
     np.testing.assert_array_equal(recorded, record_steps(steps, every))
+
+
+def test_named_figures_resolve_above_plot_which_never_imports_experiments():
+    from specdyn.config import resolve_figure
+
+    assert callable(resolve_figure("imbalanced.depth_gap"))
+    for name, why in [("nodot", "'module.function'"), ("nope.fig", "no module specdyn.experiments.nope"),
+                      ("imbalanced.nope", "has no function nope()")]:
+        with pytest.raises(ValueError, match=why):
+            resolve_figure(name)
+    code = "import sys, specdyn.plot; print(sorted(m for m in sys.modules if m.startswith('specdyn.experiments')))"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                         capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
