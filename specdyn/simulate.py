@@ -321,9 +321,10 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{int(n)} B"
 
 
-def check_memory(problem, estimate: dict[str, int], *, available: float | None = None) -> None:
-    """Refuse (ValueError) a group that cannot fit one device, naming the problem's static
-    fields and the estimate (from :func:`group_bytes`) against the device's memory."""
+def check_memory(problem, estimate: dict[str, int], *, runs: int = 1, available: float | None = None) -> None:
+    """Refuse (ValueError) a group of ``runs`` runs (the learning rates of one seed) that
+    cannot fit one device, naming the problem's static fields and the estimate (from
+    :func:`group_bytes`) against the device's memory."""
     available = memory_available() if available is None else available
     if estimate["total"] <= available:
         return
@@ -333,8 +334,9 @@ def check_memory(problem, estimate: dict[str, int], *, available: float | None =
     shown = {f: v for f, v in fields.items() if defaults.get(f) != v} or fields
     parts = ", ".join(f"{k} {_gb(v)}" for k, v in estimate.items() if k != "total")
     where = ", ".join(f"{k}={v}" for k, v in shown.items()) or cls.__name__
+    what = f"one run of {cls.__name__}" if runs == 1 else f"one group of {runs} runs of {cls.__name__} (one seed)"
     raise ValueError(
-        f"{where}: one run of {cls.__name__} needs {_gb(estimate['total'])} ({parts}, times {_WORKING} "
+        f"{where}: {what} needs {_gb(estimate['total'])} ({parts}, times {_WORKING} "
         f"for a step's working memory), the device has {_gb(available)}; use smaller static fields"
     )
 

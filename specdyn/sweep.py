@@ -302,7 +302,7 @@ def _plan_cells(problem, setup, first_data, batch_size) -> list[CellPlan]:
         static = dict(zip(setup["static_grid"], static_values, strict=True))
         cell_problem = dataclasses.replace(problem, **static)
         estimate = group_bytes(cell_problem, setup["recipes"][name], n_lrs, data=first_data)
-        check_memory(cell_problem, estimate, available=available)
+        check_memory(cell_problem, estimate, runs=n_lrs, available=available)
         if batch_size:
             cap = max(1, batch_size // n_lrs)
         else:

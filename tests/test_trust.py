@@ -300,3 +300,9 @@ def test_named_figures_resolve_above_plot_which_never_imports_experiments():
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)),
                          capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_group_of_several_rates_is_named_as_such():
+    big = sd.problems.PhaseRetrieval(dim=100000)
+    with pytest.raises(ValueError, match=r"dim=100000: one group of 3 runs of PhaseRetrieval \(one seed\) needs"):
+        sweep_plan(big, optimizers=["gd"], learning_rates=[0.1, 0.2, 0.3], seeds=2, steps=3)
