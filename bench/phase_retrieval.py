@@ -86,6 +86,9 @@ def main(smoke: bool = False) -> None:
 
 
 if __name__ == "__main__":
+    from specdyn._cpu import limit_blas_threads
+
+    limit_blas_threads()  # every implementation with one OpenBLAS thread on few-core CPUs, as specdyn runs
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="use the sweep file's [smoke] sizes")
     main(ap.parse_args().smoke)

@@ -257,4 +257,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from specdyn._cpu import limit_blas_threads
+
+    limit_blas_threads()  # every implementation with one OpenBLAS thread on few-core CPUs, as specdyn runs
     main()

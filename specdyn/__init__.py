@@ -1,6 +1,7 @@
 """specdyn: training dynamics under spectral gradient methods, in JAX."""
 
 from specdyn import problems
+from specdyn import results
 from specdyn.diagnostics import frobenius_norm
 from specdyn.diagnostics import nuclear_norm
 from specdyn.diagnostics import nuclear_rank
@@ -20,6 +21,7 @@ from specdyn.optimizers import normalized_gd
 from specdyn.optimizers import shampoo
 from specdyn.optimizers import sign_gd
 from specdyn.optimizers import spectral_gd
+from specdyn.optimizers import spectral_power
 from specdyn.polar import polar
 from specdyn.polar import polar_express_coefficients
 from specdyn.problem import problem
@@ -32,6 +34,7 @@ from specdyn.transforms import normalize_frobenius
 from specdyn.transforms import scale_by_polar
 from specdyn.transforms import scale_by_shampoo
 from specdyn.transforms import scale_by_shape
+from specdyn.transforms import scale_by_spectral_power
 
 __version__ = "0.1.0"
 
@@ -58,13 +61,16 @@ __all__ = [
     "problem",
     "problems",
     "require",
+    "results",
     "scale_by_polar",
     "scale_by_shampoo",
     "scale_by_shape",
+    "scale_by_spectral_power",
     "shampoo",
     "sign_gd",
     "simulate",
     "spectral_gd",
+    "spectral_power",
     "stable_rank",
     "static",
     "sweep",

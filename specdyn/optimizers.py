@@ -24,7 +24,13 @@ import jax.numpy as jnp
 import optax
 
 from specdyn.polar import polar_config
-from specdyn.transforms import normalize_frobenius, scale_by_polar, scale_by_shampoo, scale_by_shape
+from specdyn.transforms import (
+    normalize_frobenius,
+    scale_by_polar,
+    scale_by_shampoo,
+    scale_by_shape,
+    scale_by_spectral_power,
+)
 
 __all__ = [
     "OPTIMIZERS",
@@ -37,6 +43,7 @@ __all__ = [
     "shampoo",
     "sign_gd",
     "spectral_gd",
+    "spectral_power",
 ]
 
 
@@ -86,12 +93,12 @@ def _recognisable(factory):
     signature = inspect.signature(factory)
 
     @functools.wraps(factory)
-    def build(learning_rate, **options):
+    def build(learning_rate, *args, **options):
         check_learning_rate(learning_rate)
         if options.get("adam_learning_rate") is not None:
             check_learning_rate(options["adam_learning_rate"], "adam_learning_rate")
-        tx = factory(learning_rate, **options)
-        bound = signature.bind(learning_rate, **options)
+        tx = factory(learning_rate, *args, **options)
+        bound = signature.bind(learning_rate, *args, **options)
         bound.apply_defaults()
         opts = {}
         for key, value in bound.arguments.items():
@@ -141,6 +148,26 @@ def spectral_gd(learning_rate, *, nuclear_scaling: bool = False, **polar_kwargs)
     return _keep_dtype(
         optax.chain(
             scale_by_polar(nuclear_scaling=nuclear_scaling, **polar_kwargs),
+            optax.scale_by_learning_rate(learning_rate),
+        )
+    )
+
+
+@_recognisable
+def spectral_power(learning_rate, p: float = 0.5, *, rank_tol: float | None = None) -> optax.GradientTransformation:
+    """Spectral powers: W ← W − lr·U Σᵖ Vᵀ (p = 0 SpecGD, p = 1 GD).
+
+    Exact via the SVD (:func:`specdyn.scale_by_spectral_power`): p = 0 is
+    :func:`spectral_gd` (rank-aware: singular values ``<= rank_tol * s_max``
+    dropped), p = 1 is :func:`gd`, values between interpolate. ``p`` is data (a
+    float or a traced scalar): ``jax.vmap(lambda p: spectral_power(lr, p)...)``
+    compiles once. In a sweep, give each p its own optimizer entry (a factory
+    closure ``lambda lr: spectral_power(lr, 0.25)``, or ``[options.specpow]`` in a
+    sweep file); each entry is one compiled program. Matrix leaves only.
+    """
+    return _keep_dtype(
+        optax.chain(
+            scale_by_spectral_power(p, rank_tol=rank_tol),
             optax.scale_by_learning_rate(learning_rate),
         )
     )
@@ -233,6 +260,7 @@ def muon(
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "gd": gd,
     "specgd": spectral_gd,
+    "specpow": spectral_power,
     "muon": muon,
     "ngd": normalized_gd,
     "signgd": sign_gd,

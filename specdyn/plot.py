@@ -2,7 +2,7 @@
 
 :func:`plot_metric` draws one metric against steps: one panel per grid point,
 one line per optimizer and learning rate (seed mean over runs that did not
-diverge, shaded between the seeds' min and max). Paper-specific figures live
+diverge, shaded with its confidence interval over seeds). Paper-specific figures live
 in :mod:`specdyn.experiments`; :func:`standard_figures` draws them from functions
 the caller resolved (:func:`specdyn.config.resolve_figure`), so this module never
 imports the experiments above it. Figures are :class:`matplotlib.figure.Figure` objects
@@ -21,7 +21,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from specdyn.results import converged_runs
+from specdyn.results import converged_runs, seed_statistics
 
 __all__ = ["plot_metric", "standard_figures"]
 
@@ -44,11 +44,17 @@ def _title(da: xr.DataArray, sel: dict) -> str:
     return ", ".join(parts)
 
 
-def plot_metric(ds: xr.Dataset, metric: str, *, logy: bool | None = None) -> Figure:
-    """``metric`` against step, one panel per grid point (at most 12)."""
+def plot_metric(ds: xr.Dataset, metric: str, *, logy: bool | None = None, confidence: float = 0.95) -> Figure:
+    """``metric`` against step, one panel per grid point (at most 12).
+
+    One line per optimizer and learning rate: the seed mean over runs that did not
+    diverge, shaded with its ``confidence`` Student-t interval over seeds
+    (:func:`specdyn.results.seed_statistics`; the title says so).
+    """
     if metric not in ds:
         raise ValueError(f"no metric {metric!r} in the results; have {sorted(ds.data_vars)}")
     da = ds[metric].where(converged_runs(ds))
+    band = seed_statistics(ds, metric, confidence=confidence, method="t")
     panels = _panels(da)
     cols = min(len(panels), 4)
     rows = math.ceil(len(panels) / cols)
@@ -60,19 +66,22 @@ def plot_metric(ds: xr.Dataset, metric: str, *, logy: bool | None = None) -> Fig
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     steps = ds["step"].values
     for ax, sel in zip(axes.flat, panels, strict=False):
-        panel = da.isel(sel)
+        panel = band.isel(sel)
         for o, opt in enumerate(ds["optimizer"].values):
             for lr in range(ds.sizes["lr"]):
                 runs = panel.sel(optimizer=opt).isel(lr=lr)
                 lr_value = float(ds["learning_rate"].sel(optimizer=opt).values[lr])
-                n_ok = int(np.isfinite(runs.isel(step=0)).sum())
+                n_ok = int(runs["n"].isel(step=0))
                 if n_ok == 0:
                     continue
                 color = colors[o % len(colors)]
                 label = f"{opt} lr={lr_value:.3g}" + ("" if n_ok == ds.sizes["seed"] else f" ({n_ok} ok)")
-                ax.plot(steps, runs.mean("seed"), color=color, ls=_LINESTYLES[lr % 4], label=label)
-                if ds.sizes["seed"] > 1:
-                    ax.fill_between(steps, runs.min("seed"), runs.max("seed"), color=color, alpha=0.15, lw=0)
+                ax.plot(steps, runs["mean"], color=color, ls=_LINESTYLES[lr % 4], label=label)
+                if n_ok > 1:
+                    low, high = runs["low"].values, runs["high"].values
+                    if logy:  # a band reaching below zero is cut at the axis, not dropped
+                        low = np.where(low > 0, low, np.nan)
+                    ax.fill_between(steps, low, high, color=color, alpha=0.15, lw=0)
         ax.set_title(_title(da, sel), fontsize=9)
         ax.set_xlabel("step")
         if logy:
@@ -82,7 +91,8 @@ def plot_metric(ds: xr.Dataset, metric: str, *, logy: bool | None = None) -> Fig
         ax.set_visible(False)
     axes[0, 0].set_ylabel(metric)
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"{ds.attrs.get('problem', '')}: {metric}", fontsize=10)
+    bands = f"seed mean; shaded: {confidence:.0%} t-interval" if ds.sizes["seed"] > 1 else "one seed"
+    fig.suptitle(f"{ds.attrs.get('problem', '')}: {metric}\n{bands}", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -56,6 +56,7 @@ __all__ = [
     "RunState",
     "check_memory",
     "check_run_lengths",
+    "check_telemetry",
     "group_bytes",
     "memory_available",
     "plan",
@@ -66,6 +67,7 @@ __all__ = [
     "run_segments",
     "sample_run",
     "simulate",
+    "spectral_telemetry",
     "start_run",
     "train_steps",
 ]
@@ -137,13 +139,50 @@ def start_run(optimizer: optax.GradientTransformation, params) -> RunState:
     )
 
 
-def record_metrics(problem, state: RunState, data) -> dict:
+def check_telemetry(telemetry) -> None:
+    """``telemetry`` is None (off) or the number k >= 1 of top singular values to record."""
+    if telemetry is None:
+        return
+    if isinstance(telemetry, bool) or not isinstance(telemetry, int | np.integer) or telemetry < 1:
+        raise ValueError(
+            f"telemetry must be None (off) or the number of top singular values to record (an int >= 1), "
+            f"got {telemetry=!r}"
+        )
+
+
+def spectral_telemetry(params, grads, top_k: int) -> dict:
+    """The ``top_k`` largest singular values of every matrix leaf (ndim >= 2, last two
+    axes) of the weights and of the gradient, descending; NaN-padded past min(m, n).
+
+    Keys ``"weights_sv/<leaf>"`` and ``"grads_sv/<leaf>"`` (``<leaf>`` the leaf's
+    path, e.g. ``['W']``); values of shape ``leaf.shape[:-2] + (top_k,)``.
+    """
+    out = {}
+    for name, tree in (("weights_sv", params), ("grads_sv", grads)):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+            if jnp.ndim(leaf) < 2:
+                continue
+            x = leaf.astype(jnp.float32) if jnp.finfo(leaf.dtype).bits < 32 else leaf  # no half-precision SVD
+            s = jnp.linalg.svd(x, compute_uv=False)[..., :top_k]
+            pad = [(0, 0)] * (s.ndim - 1) + [(0, top_k - s.shape[-1])]
+            out[f"{name}/{jax.tree_util.keystr(path)}"] = jnp.pad(s, pad, constant_values=jnp.nan)
+    return out
+
+
+def record_metrics(problem, state: RunState, data, telemetry: int | None = None) -> dict:
     """The record of a run at its current step: ``loss`` and the problem's metrics of
     ``state.params`` (NaN once the run has diverged). Reads ``params``, ``step`` and
-    ``diverged_at`` only, never the optimizer's state."""
+    ``diverged_at`` only, never the optimizer's state.
+
+    With ``telemetry = k`` it also records :func:`spectral_telemetry`: the top k
+    singular values of each matrix leaf of the weights and of the full-data
+    gradient at those weights. Off (None), nothing of it is traced or compiled."""
     out = dict(problem.metrics(state.params, data))
     if "loss" not in out:
         out = {"loss": problem.loss(state.params, data), **out}
+    if telemetry is not None:
+        grads = jax.grad(problem.loss)(state.params, data)
+        out.update(spectral_telemetry(state.params, grads, telemetry))
     dead = (state.diverged_at >= 0) & (state.step >= state.diverged_at)
 
     def blank(x):
@@ -182,12 +221,13 @@ def train_steps(problem, optimizer, state: RunState, data, key, count) -> RunSta
     return jax.lax.fori_loop(0, count, one_step, state)
 
 
-def run_segments(problem, optimizer, state: RunState, data, key, record, count):
+def run_segments(problem, optimizer, state: RunState, data, key, record, count, telemetry=None):
     """Scan over segments: record (where ``record[i]``; zeros elsewhere), then
     ``count[i]`` steps. ``record`` (bool) and ``count`` (int32) are arrays of one
     length, shared by every run of a batch, so a skipped record is a real branch.
+    ``telemetry``: see :func:`record_metrics`.
     Returns the new state and the records stacked along axis 0."""
-    take = lambda s: record_metrics(problem, s, data)
+    take = lambda s: record_metrics(problem, s, data, telemetry)
     shapes = jax.eval_shape(take, state)
     skip = lambda s: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
 
@@ -288,25 +328,26 @@ def _spec(tree):
 
 
 @functools.lru_cache(maxsize=256)
-def _group_shapes(problem_spec, key_spec, data_spec, params_spec, recipe: Recipe, x64: bool):
+def _group_shapes(problem_spec, key_spec, data_spec, params_spec, recipe: Recipe, x64: bool, telemetry):
     rebuild = lambda spec: jax.tree.unflatten(spec[0], [jax.ShapeDtypeStruct(s, d) for s, d in spec[1]])
 
     def shapes(problem, key, data, params):
         params, data = sample_run(problem, key, data, params)
         state = start_run(recipe.build(jnp.asarray(1.0)), params)
-        return params, data, state.opt_state, record_metrics(problem, state, data)
+        return params, data, state.opt_state, record_metrics(problem, state, data, telemetry)
 
     return jax.eval_shape(shapes, *(rebuild(s) for s in (problem_spec, key_spec, data_spec, params_spec)))
 
 
-def group_bytes(problem, recipe: Recipe, rates: int, *, key=None, data=None, params=None) -> dict[str, int]:
+def group_bytes(problem, recipe: Recipe, rates: int, *, key=None, data=None, params=None,
+                telemetry: int | None = None) -> dict[str, int]:
     """Device bytes of one group of ``rates`` runs (one program call), from ``jax.eval_shape``
     (nothing is allocated): ``params`` and ``optimizer state`` of every run, the group's
     ``data`` and initial parameters once, ``records`` of one call (:data:`SEGMENTS`
     records per run), and ``total`` = their sum times a working-memory headroom."""
     key = jax.random.PRNGKey(0) if key is None else key
     params0, data0, opt, recs = _group_shapes(
-        _spec(problem), _spec(key), _spec(data), _spec(params), recipe, bool(jax.config.jax_enable_x64)
+        _spec(problem), _spec(key), _spec(data), _spec(params), recipe, bool(jax.config.jax_enable_x64), telemetry
     )
     parts = {
         "params": (rates + 1) * _nbytes(params0),
@@ -369,10 +410,10 @@ def _start_program(rates, params, *, recipe, shard):
     return jax.lax.with_sharding_constraint(out, shard)
 
 
-@functools.partial(jax.jit, static_argnames=("recipe", "shard"))
-def _chunk_program(problems, rates, state, data, keys, record, count, *, recipe, shard):
+@functools.partial(jax.jit, static_argnames=("recipe", "shard", "telemetry"))
+def _chunk_program(problems, rates, state, data, keys, record, count, *, recipe, shard, telemetry=None):
     def one(problem, rate, state, data, key):
-        return run_segments(problem, recipe.build(rate), state, data, key, record, count)
+        return run_segments(problem, recipe.build(rate), state, data, key, record, count, telemetry)
 
     over_rates = jax.vmap(one, in_axes=(None, 0, 0, None, None))
     out = jax.vmap(over_rates)(problems, rates, state, data, keys)
@@ -413,6 +454,7 @@ def run_groups(
     shard=None,
     budget: int | None = None,
     on_call: Callable[[int], None] | None = None,
+    telemetry: int | None = None,
 ):
     """Train a batch of groups × learning rates through the cached programs.
 
@@ -427,6 +469,8 @@ def run_groups(
       budget: most steps per program call (see :func:`plan`); calls are also kept to about
         half a second of work, so that SIGINT stops a run within seconds; ``on_call(steps)``
         after each call.
+      telemetry: None, or k: also record the top k singular values of weights and
+        gradients (:func:`record_metrics`); a static option of the chunk program.
 
     Returns ``(records, state, rates)``: records ``{metric: (groups, rates, R, ...)}``
     as numpy arrays at :func:`record_steps`, the final :class:`RunState` (batched) and
@@ -455,7 +499,9 @@ def run_groups(
         while calls:
             record, count = calls.pop(0)
             began = time.perf_counter()
-            state, recs = _chunk_program(problems, rates, state, data, keys, record, count, recipe=recipe, shard=shard)
+            state, recs = _chunk_program(
+                problems, rates, state, data, keys, record, count, recipe=recipe, shard=shard, telemetry=telemetry
+            )
             if record.any():
                 kept.append({k: np.asarray(v)[:, :, record] for k, v in recs.items()})
             jax.block_until_ready(state.step)
@@ -476,13 +522,13 @@ def _traced(tree) -> bool:
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 
 
-def _run_traced(problem, optimizer, key, data, params, steps, record_every):
+def _run_traced(problem, optimizer, key, data, params, steps, record_every, telemetry=None):
     """The same run as pure traced code, for ``simulate`` called under jit or vmap."""
     params, data = sample_run(problem, key, data, params)
     state = start_run(optimizer, params)
     (record, count), *rest = plan(steps, record_every, segments=len(record_steps(steps, record_every)))
     assert not rest
-    state, recs = run_segments(problem, optimizer, state, data, key, jnp.asarray(record), jnp.asarray(count))
+    state, recs = run_segments(problem, optimizer, state, data, key, jnp.asarray(record), jnp.asarray(count), telemetry)
     return state, recs
 
 
@@ -491,7 +537,9 @@ def _leading(tree):
     return jax.tree.map(lambda x: x[None] if isinstance(x, jax.Array) else jax.device_put(np.asarray(x)[None]), tree)
 
 
-def simulate(problem, optimizer, *, key, steps: int, record_every: int = 1, data=None, params=None) -> dict:
+def simulate(
+    problem, optimizer, *, key, steps: int, record_every: int = 1, data=None, params=None, telemetry: int | None = None
+) -> dict:
     """Train ``problem`` with ``optimizer`` for ``steps`` steps: a sweep of one run.
 
     The run goes through the engine's cached programs: after a first call, another
@@ -512,6 +560,10 @@ def simulate(problem, optimizer, *, key, steps: int, record_every: int = 1, data
       record_every: record every r steps (and always at the last step); r <= steps.
       data: a data dict replacing ``problem.sample(data key)`` (to run on given arrays).
       params: initial parameters replacing ``problem.init(init key)``.
+      telemetry: None (default: off, nothing extra compiled), or k: also record,
+        per matrix leaf, the top k singular values of the weights
+        (``"weights_sv/<leaf>"``) and of the full-data gradient (``"grads_sv/<leaf>"``),
+        shape (records, ..., k); see :func:`spectral_telemetry`.
 
     Returns:
       dict of arrays: ``step`` (0, r, 2r, ... and ``steps``), ``loss`` and the
@@ -526,16 +578,18 @@ def simulate(problem, optimizer, *, key, steps: int, record_every: int = 1, data
             f"optimizer must be an optax.GradientTransformation (e.g. sd.get_optimizer('gd', 0.1)), got {optimizer!r}"
         )
     check_run_lengths(steps, record_every)
+    check_telemetry(telemetry)
+    telemetry = None if telemetry is None else int(telemetry)
     steps, record_every = int(steps), int(record_every)
     out = {"step": jax.device_put(record_steps(steps, record_every).astype(np.int32))}
     recipe, rate = recipe_of(optimizer)
     if _traced((problem, key, data, params, rate)):
-        state, records = _run_traced(problem, optimizer, key, data, params, steps, record_every)
+        state, records = _run_traced(problem, optimizer, key, data, params, steps, record_every, telemetry)
         out.update(records)
         out["diverged_at"] = state.diverged_at
         out["params"] = state.params
         return out
-    check_memory(problem, group_bytes(problem, recipe, 1, key=key, data=data, params=params))
+    check_memory(problem, group_bytes(problem, recipe, 1, key=key, data=data, params=params, telemetry=telemetry))
     records, state, _ = run_groups(
         _leading(problem),
         _leading(key),
@@ -545,6 +599,7 @@ def simulate(problem, optimizer, *, key, steps: int, record_every: int = 1, data
         record_every=record_every,
         data=None if data is None else _leading(data),
         params=None if params is None else _leading(params),
+        telemetry=telemetry,
     )
     out.update({k: jax.device_put(v[0, 0]) for k, v in records.items()})
     first = lambda tree: jax.tree.map(lambda x: x[0, 0], tree)

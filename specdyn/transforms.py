@@ -8,10 +8,12 @@ The aliases in :mod:`specdyn.optimizers` chain them with a learning rate.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from specdyn.diagnostics import safe_divide
@@ -24,6 +26,7 @@ __all__ = [
     "scale_by_polar",
     "scale_by_shampoo",
     "scale_by_shape",
+    "scale_by_spectral_power",
 ]
 
 
@@ -106,6 +109,69 @@ def scale_by_polar(
         if diagnostics:
             state = ScaleByPolarState(nuclear_rank=ranks)
         return factors, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def check_power(p) -> None:
+    """Refuse a spectral power that is negative, not finite, or not a scalar.
+
+    Tracers pass (a sweep vmaps over p); concrete numbers and arrays are checked.
+    """
+    if isinstance(p, jax.core.Tracer):
+        return
+    if isinstance(p, bool) or not isinstance(p, numbers.Real | np.ndarray | jax.Array | np.generic):
+        raise ValueError(f"p must be a finite number >= 0, got p={p!r}")
+    value = np.asarray(p)
+    if value.ndim != 0 or not np.issubdtype(value.dtype, np.number) or np.iscomplexobj(value):
+        raise ValueError(f"p must be a real scalar (vmap to sweep several), got p={p!r}")
+    if not (math.isfinite(float(value)) and float(value) >= 0):
+        raise ValueError(f"p must be a finite number >= 0, got p={float(value)!r}")
+
+
+def _spectral_power(g: jax.Array, p, rank_tol: float | None) -> jax.Array:
+    """U Σᵖ Vᵀ of g over the last two axes, from the thin SVD of g / max|g|.
+
+    Singular values at or below ``rank_tol * s_max`` are dropped, as in
+    :func:`specdyn.polar`'s SVD method (default ``max(m, n) * eps``), so p = 0 is
+    exactly that method's U Vᵀ and a zero matrix gives zeros.
+    """
+    dtype = jnp.float32 if jnp.finfo(g.dtype).bits < 32 else g.dtype  # no half-precision SVD
+    x = g.astype(dtype)
+    scale = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
+    scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))
+    m, n = x.shape[-2:]
+    tol = max(m, n) * float(jnp.finfo(dtype).eps) if rank_tol is None else rank_tol
+    u, s, vh = jnp.linalg.svd(x / scale, full_matrices=False)
+    keep = s > tol * s[..., :1]
+    p = jnp.asarray(p, dtype)
+    # (s·scale)ᵖ on the kept values only: 0ᵖ never enters, so p = 0 gives U Vᵀ
+    power = jnp.where(keep, jnp.where(keep, s, 1) ** p, 0) * scale[..., 0] ** p
+    return jnp.matmul(u * power[..., None, :], vh).astype(g.dtype)
+
+
+def scale_by_spectral_power(p: float = 0.5, *, rank_tol: float | None = None) -> optax.GradientTransformation:
+    """Replace each matrix leaf G = U Σ Vᵀ by U Σᵖ Vᵀ, exactly via the SVD.
+
+    p = 0 is SpecGD's polar factor U Vᵀ (rank-aware like :func:`specdyn.polar`'s
+    SVD method: singular values ``<= rank_tol * s_max`` are dropped; default
+    ``rank_tol = max(m, n) * eps``); p = 1 gives G back (to rounding); values in
+    between interpolate the spectrum. ``p`` is data: a float, or a traced scalar,
+    so ``jax.vmap`` over p compiles once. Acts on the last two axes of every leaf
+    (ndim >= 2); a leaf with ndim < 2 raises ValueError naming it. Half-precision
+    leaves are decomposed in float32 and cast back.
+    """
+    check_power(p)
+    polar_config(method="svd", rank_tol=rank_tol)  # validates rank_tol
+
+    def init_fn(params):
+        _require_matrices(params, "scale_by_spectral_power")
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        _require_matrices(updates, "scale_by_spectral_power")
+        return jax.tree.map(lambda g: _spectral_power(g, p, rank_tol), updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 

@@ -16,13 +16,15 @@ JORDAN = (3.4445, -4.7750, 2.0315)
 # muon 7e-3, ngd 1e-3, shampoo 0, signgd 6e-3, specgd 3e-4). Constant-size steps
 # (specgd, ngd, signgd, muon) stall at a distance ~lr from the minimum; Shampoo's
 # summed statistics shrink its steps like 1/√t, so it needs a larger lr.
-LRS = {"adam": 0.03, "gd": 0.3, "muon": 0.03, "ngd": 0.03, "shampoo": 0.3, "signgd": 0.01, "specgd": 0.03}
+LRS = {"adam": 0.03, "gd": 0.3, "muon": 0.03, "ngd": 0.03, "shampoo": 0.3, "signgd": 0.01, "specgd": 0.03,
+       "specpow": 0.1}
+MATRIX_ONLY = {"specgd", "specpow"}  # test_transforms / test_spectral_power check their errors
 
 
 def params_for(name, dtype=jnp.float32):
     """A matrix, plus a bias vector for optimizers that take non-matrix leaves."""
     p = {"w": jnp.zeros((6, 5), dtype)}
-    if name != "specgd":  # specgd is matrix-only (test_transforms checks its error)
+    if name not in MATRIX_ONLY:
         p["b"] = jnp.zeros((6,), dtype)
     return p
 
@@ -42,7 +44,7 @@ def quadratic(name):
         return 0.5 * jnp.mean(jnp.sum(r * r, axis=0))
 
     design = np.asarray(a, np.float64)
-    if name != "specgd":
+    if name not in MATRIX_ONLY:
         design = np.vstack([design, np.ones((1, 15))])
     sol = np.linalg.lstsq(design.T, np.asarray(b, np.float64).T, rcond=None)[0].T
     minimum = 0.5 * np.mean(np.sum((sol @ design - np.asarray(b, np.float64)) ** 2, axis=0))
@@ -293,7 +295,7 @@ def test_bad_options_raise_value_error_showing_the_value(call, match):
 
 
 def test_registry_names():
-    assert set(sd.OPTIMIZERS) == {"gd", "specgd", "muon", "ngd", "signgd", "shampoo", "adam"}
+    assert set(sd.OPTIMIZERS) == {"gd", "specgd", "specpow", "muon", "ngd", "signgd", "shampoo", "adam"}
 
 
 # ------------------------------------------------------------------ recognisable optimizers
