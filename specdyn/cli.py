@@ -339,6 +339,30 @@ def _summary(ds, metric: str = "loss") -> str:
     return "\n".join(lines)
 
 
+def _bytes_text(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def _plan_text(plans) -> str:
+    """The cells of a sweep plan (``specdyn.sweep.sweep_plan``) as a table."""
+    header = ["cell", "optimizer", "static fields", "runs", "memory per group", "groups per call", "calls"]
+    rows = [
+        [str(i), p.optimizer, " ".join(f"{k}={v}" for k, v in p.static.items()) or "-", str(p.runs),
+         _bytes_text(p.bytes_per_group["total"]), f"{p.groups_per_call} of {p.groups}", str(p.calls)]
+        for i, p in enumerate(plans)
+    ]
+    shown = rows[:_SUMMARY_ROWS]
+    widths = [max(len(r[i]) for r in [header, *shown]) for i in range(len(header))]
+    lines = ["plan (memory per group: an estimate with working headroom; calls: batches per cell):"]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *shown]]
+    if len(rows) > len(shown):
+        lines.append(f"  ... {len(rows) - len(shown)} more cells")
+    return "\n".join(lines)
+
+
 def _store_line(ds, store: Path) -> str | None:
     """How many cells a resumed run took from the store, when the engine says so."""
     resumed = ds.attrs.get("cells_from_store")
@@ -366,24 +390,34 @@ def _cmd_sweep(args) -> None:
     else:
         out = _output_folder(default, create=not args.check, label=f"the output folder {default}")
     size = " (smoke size)" if args.smoke else ""
+    from specdyn.sweep import sweep, sweep_plan
+
     if args.check:
+        with jax.enable_x64(spec.x64):
+            try:
+                plans = sweep_plan(spec.problem, **spec.sweep_kwargs())
+            except ValueError as err:
+                raise ValueError(f"{file}: {err}") from None
         print(
             f"ok: {file}{size}: problem {type(spec.problem).__name__}, {spec.runs} runs of {spec.steps} steps "
             f"in {spec.cells} compiled cells; plots {', '.join(spec.metrics + spec.figures) or 'nothing'}; "
             f"would write {out}"
         )
+        print(_plan_text(plans))
         return
+    from specdyn.config import resolve_figure
     from specdyn.plot import standard_figures
     from specdyn.results import save
-    from specdyn.sweep import sweep
 
     print(f"sweep {file}{size}: {spec.description}")
     start = time.perf_counter()
+    with _doing("read the sweep file"):
+        text = file.read_text(encoding="utf-8")
     with jax.enable_x64(spec.x64):
         try:
             ds = sweep(
                 spec.problem, **spec.sweep_kwargs(), store=out / "cells", progress=not args.no_progress,
-                fresh=args.fresh,
+                fresh=args.fresh, provenance={"sweep_file": str(file), "sweep_file_text": text, "smoke": args.smoke},
             )
         except ValueError as err:
             raise ValueError(f"{file}: {err}") from None
@@ -392,7 +426,9 @@ def _cmd_sweep(args) -> None:
         ds.attrs["smoke"] = int(args.smoke)
         with _doing("write the results"):
             results = save(ds, out / "results.nc")
-            figures = standard_figures(ds, out, metrics=spec.metrics, figures=spec.figures)
+            figures = standard_figures(
+                ds, out, metrics=spec.metrics, figures={name: resolve_figure(name) for name in spec.figures}
+            )
     print(_summary(ds))
     line = _store_line(ds, out / "cells")
     if line:
@@ -415,12 +451,7 @@ def _read_results(path):
         hint = f"; did you mean {path / 'results.nc'}?" if (path / "results.nc").is_file() else ""
         raise ValueError(f"{path} is a folder, not a results file{hint}")
     with _doing("read the results file"):
-        try:
-            ds = load(path)
-        except (ValueError, TypeError, LookupError, EOFError):  # what scipy's netCDF reader raises
-            raise ValueError(
-                f"{path} is not a results file written by `specdyn sweep` (it does not read as netCDF-3)"
-            ) from None
+        ds = load(path)  # a foreign or truncated file: ValueError naming it
     if "step" not in ds.dims or "diverged_at" not in ds:
         raise ValueError(
             f"{path} is not a results file written by `specdyn sweep` (no 'step' axis and 'diverged_at')"
@@ -470,6 +501,20 @@ def _cmd_demo(args) -> None:
     print(f"demo took {time.perf_counter() - start:.1f} s")
 
 
+def _settle() -> None:
+    """After an interrupt, wait for the device work already dispatched (at most one short
+    program call). An interrupt can land inside jax's tracing or dispatch; on jaxlib 0.10 the
+    interpreter's teardown after that crashed (SIGSEGV, 2 of 2 tries), so the command then
+    leaves with ``os._exit(130)``: every finished cell is already written atomically."""
+    if "jax" not in sys.modules:
+        return
+    import jax
+
+    for array in jax.live_arrays():
+        with contextlib.suppress(Exception):
+            array.block_until_ready()
+
+
 def main(argv=None) -> int:
     """Run the command; return its exit code (2 for bad input, 130 when interrupted)."""
     try:
@@ -492,7 +537,12 @@ def main(argv=None) -> int:
         print(f"specdyn: error: {_one_line(_os_message(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _settle()
         print("specdyn: interrupted; finished cells are kept in the store, re-run to resume", file=sys.stderr)
+        if argv is None:  # the command itself: leave now (see _settle)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
     return 0
 

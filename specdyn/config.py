@@ -26,7 +26,15 @@ from specdyn.optimizers import OPTIMIZERS, get_optimizer
 from specdyn.problem import data_fields, static_fields
 from specdyn.problems import get_problem, problem_names
 
-__all__ = ["SweepSpec", "load_sweep_file", "optimizer_options", "problem_metrics", "show_value"]
+__all__ = [
+    "SweepSpec",
+    "load_sweep_file",
+    "named_figure",
+    "optimizer_options",
+    "problem_metrics",
+    "resolve_figure",
+    "show_value",
+]
 
 _SCHEMA = {
     "description": str,
@@ -240,9 +248,10 @@ def _validate(f: _File) -> SweepSpec:
             )
     figures = _strings(f, plot.get("figures", []), f"key 'figures' in {f.table('plot', 'figures')}")
     for name in figures:
-        problem_text = _figure_problem(name)
-        if problem_text:
-            f.fail(f"{f.table('plot', 'figures')} figure {name!r}: {problem_text}")
+        try:
+            resolve_figure(name)
+        except ValueError as err:
+            f.fail(f"{f.table('plot', 'figures')} {err}")
 
     n_lr = len(lrs) if isinstance(lrs, list) else len(next(iter(lrs.values())))
     statics = [k for k in grid if k in static_fields(problem_cls)]
@@ -493,17 +502,29 @@ def problem_metrics(problem, x64: bool = False) -> tuple[str, ...]:
     return ("loss", *(m for m in metrics if m != "loss"))
 
 
-def _figure_problem(name: str) -> str | None:
-    """Why ``"module.function"`` names no figure of ``specdyn.experiments``, or None."""
-    module, _, function = name.rpartition(".")
+def resolve_figure(name: str):
+    """The figure function ``specdyn.experiments.<module>.<function>`` named by
+    ``"module.function"`` (``function(ds) -> Figure``); ValueError saying why when none.
+
+    Named figures are resolved here, in the layer that reads sweep files, so that
+    :mod:`specdyn.plot` never imports the experiments above it."""
+    module, _, function = name.rpartition(".") if isinstance(name, str) else ("", "", "")
     if not module or not function:
-        return "a figure is named 'module.function' (a function of specdyn.experiments.<module>)"
+        raise ValueError(
+            f"figure {name!r}: a figure is named 'module.function' (a function of specdyn.experiments.<module>)"
+        )
     if not all(part.isidentifier() for part in module.split(".")):
-        return f"no module specdyn.experiments.{module}"
+        raise ValueError(f"figure {name!r}: no module specdyn.experiments.{module}")
     try:
         mod = importlib.import_module(f"specdyn.experiments.{module}")
     except ModuleNotFoundError:
-        return f"no module specdyn.experiments.{module}"
-    if not callable(getattr(mod, function, None)):
-        return f"specdyn.experiments.{module} has no function {function}()"
-    return None
+        raise ValueError(f"figure {name!r}: no module specdyn.experiments.{module}") from None
+    fn = getattr(mod, function, None)
+    if not callable(fn):
+        raise ValueError(f"figure {name!r}: specdyn.experiments.{module} has no function {function}()")
+    return fn
+
+
+def named_figure(ds, name: str):
+    """Draw the figure ``name`` (see :func:`resolve_figure`) of a results Dataset."""
+    return resolve_figure(name)(ds)

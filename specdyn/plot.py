@@ -3,15 +3,15 @@
 :func:`plot_metric` draws one metric against steps: one panel per grid point,
 one line per optimizer and learning rate (seed mean over runs that did not
 diverge, shaded with its confidence interval over seeds). Paper-specific figures live
-in :mod:`specdyn.experiments`; :func:`named_figure` finds them by
-``"<module>.<function>"``. Figures are :class:`matplotlib.figure.Figure` objects
+in :mod:`specdyn.experiments`; :func:`standard_figures` draws them from functions
+the caller resolved (:func:`specdyn.config.resolve_figure`), so this module never
+imports the experiments above it. Figures are :class:`matplotlib.figure.Figure` objects
 made without pyplot: drawing one never switches the matplotlib backend, so a
 notebook keeps its inline figures and a script can save them anywhere.
 """
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 from pathlib import Path
@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from specdyn.results import converged_runs, seed_statistics
 
-__all__ = ["named_figure", "plot_metric", "standard_figures"]
+__all__ = ["plot_metric", "standard_figures"]
 
 _RUN_DIMS = ("optimizer", "lr", "seed", "step")
 _MAX_PANELS = 12
@@ -97,21 +97,6 @@ def plot_metric(ds: xr.Dataset, metric: str, *, logy: bool | None = None, confid
     return fig
 
 
-def named_figure(ds: xr.Dataset, name: str) -> Figure:
-    """Call ``specdyn.experiments.<module>.<function>(ds)`` for ``name = "module.function"``."""
-    module, _, function = name.rpartition(".")
-    if not module:
-        raise ValueError(f"figure name must be 'module.function', got {name!r}")
-    try:
-        mod = importlib.import_module(f"specdyn.experiments.{module}")
-    except ModuleNotFoundError:
-        raise ValueError(f"unknown figure {name!r}: no module specdyn.experiments.{module}") from None
-    fn = getattr(mod, function, None)
-    if not callable(fn):
-        raise ValueError(f"unknown figure {name!r}: specdyn.experiments.{module} has no {function}()")
-    return fn(ds)
-
-
 def _close(fig) -> None:
     """Release a figure: pyplot's figures stay registered until closed; a bare
     :class:`~matplotlib.figure.Figure` is freed with its last reference."""
@@ -121,8 +106,12 @@ def _close(fig) -> None:
         sys.modules["matplotlib.pyplot"].close(fig)
 
 
-def standard_figures(ds: xr.Dataset, out_dir, *, metrics=("loss",), figures=()) -> list[Path]:
-    """Write one PNG per metric and per named figure into ``out_dir``; return the paths."""
+def standard_figures(ds: xr.Dataset, out_dir, *, metrics=("loss",), figures=None) -> list[Path]:
+    """Write one PNG per metric and per figure into ``out_dir``; return the paths.
+
+    ``figures``: ``{name: function(ds) -> Figure}`` (a named figure of a sweep file is
+    resolved by :func:`specdyn.config.resolve_figure`); the PNG is ``<name>.png`` with
+    dots as dashes."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -131,8 +120,8 @@ def standard_figures(ds: xr.Dataset, out_dir, *, metrics=("loss",), figures=()) 
         paths.append(out_dir / f"{metric}.png")
         fig.savefig(paths[-1], dpi=110)
         _close(fig)
-    for name in figures:
-        fig = named_figure(ds, name)
+    for name, draw in (figures or {}).items():
+        fig = draw(ds)
         paths.append(out_dir / f"{name.replace('.', '-')}.png")
         fig.savefig(paths[-1], dpi=110)
         _close(fig)

@@ -201,8 +201,10 @@ def polar_config(
         compute_dtype = compute_dtype.name
     if method == "svd":
         if steps is not None or coeffs is not None:
+            given = ", ".join(f"{k}={v!r}" for k, v in (("steps", steps), ("coeffs", coeffs)) if v is not None)
             raise ValueError(
-                f"method='svd' is exact and takes no steps or coeffs, got {steps=}, {coeffs=}"
+                f"method 'svd' is exact and takes no steps or coeffs, got {given}; "
+                "remove them, or choose method 'newton_schulz' or 'polar_express'"
             )
         if compute_dtype is not None and jnp.finfo(compute_dtype).bits < 32:
             raise ValueError(

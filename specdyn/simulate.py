@@ -35,6 +35,9 @@ their batches across learning rates and optimizers). Records use the full ``data
 from __future__ import annotations
 
 import functools
+import math
+import os
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -45,14 +48,17 @@ import optax
 
 from specdyn._cpu import blas_threads_limited
 from specdyn.optimizers import Optimizer
-from specdyn.problem import is_problem
+from specdyn.problem import is_problem, static_fields
 
 __all__ = [
     "SEGMENTS",
     "Recipe",
     "RunState",
+    "check_memory",
     "check_run_lengths",
     "check_telemetry",
+    "group_bytes",
+    "memory_available",
     "plan",
     "recipe_of",
     "record_metrics",
@@ -67,6 +73,8 @@ __all__ = [
 ]
 
 SEGMENTS = 32  # segments per program call: records beyond it cost another call, never a compile
+_CALL_SECONDS = 0.5  # target duration of one program call (an interrupt waits for the current one)
+_FIRST_CALL_STEPS = 64  # steps of the first call, before the speed is known
 
 
 class RunState(NamedTuple):
@@ -248,18 +256,27 @@ def check_run_lengths(steps, record_every) -> None:
         )
 
 
-def plan(steps: int, record_every: int, *, budget: int | None = None, segments: int = SEGMENTS):
+def plan(steps: int, record_every: int, *, budget: int | None = None, segments: int = SEGMENTS,
+         start: int = 0):
     """The program calls of a run: a list of ``(record, count)`` arrays of length ``segments``.
 
     Records at :func:`record_steps`; ``budget`` (steps per call, for a moving progress
-    bar) splits long intervals and ends a call once it would exceed the budget. Unused
-    segments at the end of a call record nothing and take no step.
+    bar and short calls) splits long intervals and ends a call once it would exceed the
+    budget. Unused segments at the end of a call record nothing and take no step.
+    ``start``: the calls of the rest of a run whose first ``start`` steps are taken (and
+    whose records before step ``start`` are made).
     """
     at = record_steps(steps, record_every)
+    if start > 0:
+        later = at[at >= start]
+        at = later if later.size and later[0] == start else np.concatenate([[start], later])
+        skip_first = start not in record_steps(steps, record_every)
+    else:
+        skip_first = False
     pieces = []
     for i, t in enumerate(at):
         left = int(at[i + 1] - t) if i + 1 < len(at) else 0
-        first = True
+        first = not (skip_first and i == 0)
         while True:
             n = left if budget is None else min(left, budget)
             pieces.append((first, n))
@@ -279,6 +296,90 @@ def plan(steps: int, record_every: int, *, budget: int | None = None, segments: 
         call = call + [(False, 0)] * (segments - len(call))
         out.append((np.asarray([f for f, _ in call], bool), np.asarray([n for _, n in call], np.int32)))
     return out
+
+
+# ------------------------------------------------------------------ memory
+
+_WORKING = 4  # headroom: gradients, updates and temporaries of a step, as a multiple of the estimate
+
+
+def memory_available() -> float:
+    """Bytes one device can hold: its allocator's limit, or on CPU the host's memory
+    shared by its local devices."""
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return float(stats["bytes_limit"])
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 << 30
+    return total / jax.local_device_count()
+
+
+def _nbytes(tree) -> int:
+    return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def _spec(tree):
+    leaves, treedef = jax.tree.flatten(tree)
+    dtype = lambda x: x.dtype if hasattr(x, "dtype") else jnp.asarray(x).dtype
+    return treedef, tuple((tuple(np.shape(x)), np.dtype(dtype(x))) for x in leaves)
+
+
+@functools.lru_cache(maxsize=256)
+def _group_shapes(problem_spec, key_spec, data_spec, params_spec, recipe: Recipe, x64: bool, telemetry):
+    rebuild = lambda spec: jax.tree.unflatten(spec[0], [jax.ShapeDtypeStruct(s, d) for s, d in spec[1]])
+
+    def shapes(problem, key, data, params):
+        params, data = sample_run(problem, key, data, params)
+        state = start_run(recipe.build(jnp.asarray(1.0)), params)
+        return params, data, state.opt_state, record_metrics(problem, state, data, telemetry)
+
+    return jax.eval_shape(shapes, *(rebuild(s) for s in (problem_spec, key_spec, data_spec, params_spec)))
+
+
+def group_bytes(problem, recipe: Recipe, rates: int, *, key=None, data=None, params=None,
+                telemetry: int | None = None) -> dict[str, int]:
+    """Device bytes of one group of ``rates`` runs (one program call), from ``jax.eval_shape``
+    (nothing is allocated): ``params`` and ``optimizer state`` of every run, the group's
+    ``data`` and initial parameters once, ``records`` of one call (:data:`SEGMENTS`
+    records per run), and ``total`` = their sum times a working-memory headroom."""
+    key = jax.random.PRNGKey(0) if key is None else key
+    params0, data0, opt, recs = _group_shapes(
+        _spec(problem), _spec(key), _spec(data), _spec(params), recipe, bool(jax.config.jax_enable_x64), telemetry
+    )
+    parts = {
+        "params": (rates + 1) * _nbytes(params0),
+        "data": _nbytes(data0),
+        "optimizer state": rates * _nbytes(opt),
+        "records": rates * SEGMENTS * _nbytes(recs),
+    }
+    return {**parts, "total": _WORKING * sum(parts.values()) + 1}
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{int(n)} B"
+
+
+def check_memory(problem, estimate: dict[str, int], *, runs: int = 1, available: float | None = None) -> None:
+    """Refuse (ValueError) a group of ``runs`` runs (the learning rates of one seed) that
+    cannot fit one device, naming the problem's static fields and the estimate (from
+    :func:`group_bytes`) against the device's memory."""
+    available = memory_available() if available is None else available
+    if estimate["total"] <= available:
+        return
+    cls = type(problem)
+    fields = {f: getattr(problem, f) for f in static_fields(problem)}
+    defaults = {f.name: f.default for f in getattr(cls, "__dataclass_fields__", {}).values()}
+    shown = {f: v for f, v in fields.items() if defaults.get(f) != v} or fields
+    parts = ", ".join(f"{k} {_gb(v)}" for k, v in estimate.items() if k != "total")
+    where = ", ".join(f"{k}={v}" for k, v in shown.items()) or cls.__name__
+    what = f"one run of {cls.__name__}" if runs == 1 else f"one group of {runs} runs of {cls.__name__} (one seed)"
+    raise ValueError(
+        f"{where}: {what} needs {_gb(estimate['total'])} ({parts}, times {_WORKING} "
+        f"for a step's working memory), the device has {_gb(available)}; use smaller static fields"
+    )
 
 
 # ------------------------------------------------------------------ the programs
@@ -365,7 +466,9 @@ def run_groups(
         multipliers of ``rule(problem, data)`` per group.
       data, params: given data / initial parameters with a leading groups axis (or None).
       shard: the sharding of the groups axis (default: one device).
-      budget: steps per program call (see :func:`plan`); ``on_call(steps)`` after each.
+      budget: most steps per program call (see :func:`plan`); calls are also kept to about
+        half a second of work, so that SIGINT stops a run within seconds; ``on_call(steps)``
+        after each call.
       telemetry: None, or k: also record the top k singular values of weights and
         gradients (:func:`record_metrics`); a static option of the chunk program.
 
@@ -387,15 +490,30 @@ def run_groups(
             rates = np.broadcast_to(np.asarray(rates, float), (n_groups, len(rates)))
         rates = jax.device_put(rates, shard)
         state = _start_program(rates, params, recipe=recipe, shard=shard)
-        kept = []
-        for record, count in plan(steps, record_every, budget=budget):
+        kept, done = [], 0
+        # Calls are kept short (about _CALL_SECONDS of work) so that an interrupt (SIGINT,
+        # raised between calls) stops a run within seconds: the steps per call start
+        # small and follow the measured speed, never above ``budget``.
+        size = min(budget or steps, _FIRST_CALL_STEPS)
+        calls = plan(steps, record_every, budget=size)
+        while calls:
+            record, count = calls.pop(0)
+            began = time.perf_counter()
             state, recs = _chunk_program(
                 problems, rates, state, data, keys, record, count, recipe=recipe, shard=shard, telemetry=telemetry
             )
             if record.any():
                 kept.append({k: np.asarray(v)[:, :, record] for k, v in recs.items()})
+            jax.block_until_ready(state.step)
+            took, n = time.perf_counter() - began, int(count.sum())
+            done += n
             if on_call is not None:
-                on_call(int(count.sum()))
+                on_call(n)
+            if calls and n >= size:  # a full call: fit the next ones to the measured speed
+                fit = int(n * _CALL_SECONDS / max(took, 1e-6))
+                new = max(1, min(budget or steps, 4 * size, max(size // 4, fit)))
+                if new != size:
+                    size, calls = new, plan(steps, record_every, budget=new, start=done)
         records = {k: np.concatenate([c[k] for c in kept], axis=2) for k in kept[0]}
         return records, state, rates
 
@@ -430,6 +548,8 @@ def simulate(
     A plain optax transformation (not built by a specdyn factory, or with a schedule
     as its rate) is compiled per object, as ``jax.jit`` would: build it once.
     Called under ``jax.jit``/``jax.vmap`` (traced arguments), it runs as pure traced code.
+    A run that cannot fit the device's memory is refused before it starts (ValueError
+    with the estimate of :func:`group_bytes`); SIGINT stops a run within about a second.
 
     Args:
       problem: an ``@sd.problem`` instance.
@@ -469,6 +589,7 @@ def simulate(
         out["diverged_at"] = state.diverged_at
         out["params"] = state.params
         return out
+    check_memory(problem, group_bytes(problem, recipe, 1, key=key, data=data, params=params, telemetry=telemetry))
     records, state, _ = run_groups(
         _leading(problem),
         _leading(key),

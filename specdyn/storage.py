@@ -64,7 +64,9 @@ def atomic_write(path, write) -> None:
 class CellStore:
     """A folder of finished sweep cells, tied to one sweep config.
 
-    ``config.json`` holds the config; ``cell-NNNN.npz`` one finished cell each.
+    ``config.json`` holds the config (with the code fingerprints of
+    :mod:`specdyn.provenance`); ``cell-NNNN.npz`` one finished cell each;
+    ``provenance.json`` one entry per sweep that opened the store.
     Opening a store that holds a different config raises ValueError naming the
     first key that differs, so results of two sweeps are never mixed; an
     unreadable ``config.json`` or cell file is reported by name. Temporary files
@@ -72,7 +74,7 @@ class CellStore:
     writes to a store at a time).
     """
 
-    def __init__(self, path, config: dict, *, fresh: bool = False):
+    def __init__(self, path, config: dict, *, fresh: bool = False, provenance: dict | None = None):
         self.path = Path(path)
         self.config = json.loads(json.dumps(config))  # normalise (tuples -> lists)
         config_file = self.path / "config.json"
@@ -85,6 +87,8 @@ class CellStore:
                 f.unlink()
             if config_file.exists():
                 config_file.unlink()
+            if (self.path / "provenance.json").exists():
+                (self.path / "provenance.json").unlink()
         if config_file.exists():
             try:
                 stored = json.loads(config_file.read_text())
@@ -94,7 +98,8 @@ class CellStore:
                     f"delete the store folder, or {_FRESH_HINT}"
                 ) from None
             if stored != self.config:
-                key = _first_difference(stored, self.config)
+                key = _code_change(stored.get("code"), self.config.get("code"))
+                key = key or _first_difference(stored, self.config)
                 raise ValueError(
                     f"store {str(self.path)!r} holds results of a different sweep ({key}); "
                     f"use another store folder, or {_FRESH_HINT}"
@@ -102,6 +107,20 @@ class CellStore:
         else:
             text = json.dumps(self.config, indent=2, sort_keys=True)
             atomic_write(config_file, lambda tmp: Path(tmp).write_text(text))
+        if provenance is not None:
+            self._add_provenance(provenance)
+
+    def _add_provenance(self, entry: dict) -> None:
+        """Append ``entry`` to ``provenance.json`` (one entry per sweep that opened the
+        store; never compared, so a new date or version does not invalidate the cells)."""
+        file = self.path / "provenance.json"
+        try:
+            sessions = json.loads(file.read_text()) if file.exists() else []
+        except (ValueError, OSError):
+            sessions = []
+        sessions = [*(sessions if isinstance(sessions, list) else []), entry]
+        text = json.dumps(sessions, indent=2, sort_keys=True)
+        atomic_write(file, lambda tmp: Path(tmp).write_text(text))
 
     def _file(self, index: int) -> Path:
         return self.path / f"cell-{index:04d}.npz"
@@ -136,6 +155,35 @@ class CellStore:
         atomic_write(self._file(index), write)
 
 
+def _code_change(old, new) -> str | None:
+    """What changed between two code fingerprints (``config["code"]``, see
+    :mod:`specdyn.provenance`), in words, or None when they agree."""
+    if old == new:
+        return None
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return "the store was written by a specdyn without code fingerprints"
+    changes = []
+
+    def changed(part: dict | None, other: dict | None) -> list[str]:
+        part, other = part or {}, other or {}
+        return [k for k in sorted(set(part) | set(other)) if part.get(k) != other.get(k)]
+
+    if old.get("specdyn") != new.get("specdyn"):
+        changes.append(f"specdyn's version changed from {old.get('specdyn')} to {new.get('specdyn')}")
+    names = changed(old.get("problem"), new.get("problem"))
+    if names:
+        methods = [n for n in names if "." in n] or names  # the class body changes with any method
+        changes.append(f"the problem's code changed ({', '.join(methods)})")
+    for kind, label in (("optimizers", "optimizer"), ("learning_rate_rules", "learning-rate rule of")):
+        old_part, new_part = old.get(kind) or {}, new.get(kind) or {}
+        for name in changed(old_part, new_part):
+            what = (new_part.get(name) or old_part.get(name) or {}).get("code", "")
+            changes.append(f"the code of {label} {name!r} changed ({what})")
+    if old.get("data") != new.get("data"):
+        changes.append("the code of the data callable changed")
+    return "; ".join(changes) or "the code fingerprint changed"
+
+
 def _first_difference(old, new, prefix="") -> str:
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new)):
@@ -162,8 +210,18 @@ def load(path) -> xr.Dataset:
     path = Path(path)
     if not path.exists():
         raise ValueError(f"no results file at path={str(path)!r}")
-    with xr.open_dataset(path, engine="scipy") as ds:
-        return ds.load()
+    if path.is_dir():
+        raise ValueError(f"path={str(path)!r} is a folder, not a results file")
+    try:
+        with xr.open_dataset(path, engine="scipy") as ds:
+            return ds.load()
+    except OSError:
+        raise
+    except Exception as err:  # scipy's reader: TypeError, IndexError, ValueError, EOFError, ...
+        raise ValueError(
+            f"path={str(path)!r} is not a results file written by specdyn (it does not read as "
+            f"netCDF-3: {type(err).__name__}); it is truncated or of another kind"
+        ) from None
 
 
 def assemble(*, problem_name, names, learning_rates, seeds, static_grid, data_grid, grid_order, steps_at,

@@ -12,8 +12,10 @@ into equal sub-batches of groups that reuse the same programs.
 Every run goes through the engine of :mod:`specdyn.simulate` (the programs of
 ``sd.simulate``, which is a sweep of one): compiled once per (problem shapes,
 optimizer recipe), with learning rates, seeds, data fields, step count and record
-interval as data. Steps run in about ten program calls per batch so that a progress
-bar moves; each finished cell goes to the store (:mod:`specdyn.storage`) at once,
+interval as data. Steps run in short program calls (at most a tenth of the run each,
+and about half a second of work) so that a progress bar moves and SIGINT stops a
+sweep within seconds; a cell whose one group cannot fit the device's memory is
+refused before anything runs (:func:`sweep_plan`). Each finished cell goes to the store (:mod:`specdyn.storage`) at once,
 and a re-run with the same store skips it. The run with seed ``s`` uses
 ``jax.random.PRNGKey(s)``: ``sd.simulate(..., key=jax.random.PRNGKey(s))``
 reproduces any run of a sweep.
@@ -28,8 +30,10 @@ import dataclasses
 import functools
 import hashlib
 import itertools
+import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
@@ -41,20 +45,20 @@ from tqdm.auto import tqdm
 
 from specdyn.optimizers import OPTIMIZERS, get_optimizer
 from specdyn.problem import data_fields, is_problem, static_fields
+from specdyn.provenance import code_fingerprint, describe_callable, problem_fingerprint, provenance
 from specdyn.simulate import (
-    SEGMENTS,
     Recipe,
+    check_memory,
     check_run_lengths,
+    group_bytes,
+    memory_available,
     recipe_of,
-    record_metrics,
     record_steps,
     run_groups,
-    sample_run,
-    start_run,
 )
 from specdyn.storage import CellStore, assemble
 
-__all__ = ["LearningRateRule", "sweep"]
+__all__ = ["CellPlan", "LearningRateRule", "sweep", "sweep_plan"]
 
 _TARGET_CHUNKS = 10  # progress granularity: about this many program calls per batch
 
@@ -121,7 +125,15 @@ def _describe_factory(factory) -> dict | str:
     """The store's record of an optimizer: registry name and options, or the callable's name."""
     if isinstance(factory, functools.partial) and factory.func is get_optimizer:
         return {"name": factory.args[0], "options": dict(factory.keywords)}
-    return f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', repr(factory))}"
+    return describe_callable(factory)
+
+
+def _code_of(factory) -> dict:
+    """Fingerprint of what an optimizer factory or rule computes: a registry name's factory
+    function (its options are in the config), or the callable itself."""
+    if isinstance(factory, functools.partial) and factory.func is get_optimizer:
+        factory = OPTIMIZERS[factory.args[0]]
+    return {"code": describe_callable(factory), "digest": code_fingerprint(factory)}
 
 
 def _rules(learning_rates, names) -> tuple[dict, dict]:
@@ -207,28 +219,12 @@ def _jsonable(value):
     return value
 
 
-def _memory_per_device() -> float:
-    device = jax.local_devices()[0]
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    if stats and "bytes_limit" in stats:
-        return float(stats["bytes_limit"])
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        total = 8 << 30
-    return total / jax.local_device_count()
-
-
-def _nbytes(tree) -> int:
-    return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-
-
 def _data_digest(data) -> str | None:
     """What the store records of given data: a digest of its arrays, or the callable's name."""
     if data is None:
         return None
     if callable(data):
-        return f"{getattr(data, '__module__', '?')}:{getattr(data, '__qualname__', repr(data))}"
+        return describe_callable(data)
     digest = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_flatten_with_path(data)[0]:
         leaf = np.asarray(leaf)
@@ -254,6 +250,91 @@ def _batched(problem, values_per_group: dict, n_groups: int):
     return jax.tree.unflatten(treedef, out)
 
 
+@dataclasses.dataclass(frozen=True)
+class CellPlan:
+    """How one cell of a sweep runs: its optimizer and static grid values, its runs and
+    groups (runs sharing a seed and data grid point), the device bytes of one group
+    (:func:`specdyn.simulate.group_bytes`), and groups per program call (``calls``
+    sub-batches)."""
+
+    optimizer: str
+    static: dict
+    runs: int
+    groups: int
+    bytes_per_group: dict
+    groups_per_call: int
+    calls: int
+
+
+def _prepare(problem, *, optimizers, learning_rates, seeds, grid, steps, record_every, data, batch_size):
+    """Validate a sweep's arguments (ValueError naming the argument) and lay out its cells."""
+    if not is_problem(problem):
+        raise ValueError(f"problem must be an @sd.problem instance, got {problem!r}")
+    check_run_lengths(steps, record_every)
+    factories = _optimizer_factories(optimizers)
+    names = list(factories)
+    rules, plain_rates = _rules(learning_rates, names)
+    lrs = _learning_rates(plain_rates, names)
+    seed_list = _seeds(seeds)
+    static_grid, data_grid = _grid(problem, grid)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size=!r}")
+    if data is not None and not (callable(data) or isinstance(data, Mapping)):
+        raise ValueError(f"data must be a dict of arrays or a callable data(seed) -> dict, got {data!r}")
+    static_combos = list(itertools.product(*static_grid.values()))
+    data_combos = list(itertools.product(*data_grid.values()))
+    return dict(
+        factories=factories, names=names, rules=rules, lrs=lrs, seeds=seed_list, static_grid=static_grid,
+        data_grid=data_grid, data_combos=data_combos, cells=list(itertools.product(names, static_combos)),
+        recipes={n: _recipe(f) for n, f in factories.items()},
+        n_runs=len(lrs[names[0]]) * len(seed_list) * len(data_combos),
+    )
+
+
+def _plan_cells(problem, setup, first_data, batch_size) -> list[CellPlan]:
+    """One :class:`CellPlan` per cell, refusing (ValueError) a cell whose one group cannot fit."""
+    available = memory_available()
+    n_dev = jax.local_device_count()
+    n_lrs = len(setup["lrs"][setup["names"][0]])
+    n_groups = len(setup["seeds"]) * len(setup["data_combos"])
+    out = []
+    for name, static_values in setup["cells"]:
+        static = dict(zip(setup["static_grid"], static_values, strict=True))
+        cell_problem = dataclasses.replace(problem, **static)
+        estimate = group_bytes(cell_problem, setup["recipes"][name], n_lrs, data=first_data)
+        check_memory(cell_problem, estimate, runs=n_lrs, available=available)
+        if batch_size:
+            cap = max(1, batch_size // n_lrs)
+        else:
+            cap = max(1, int(0.5 * available * n_dev / estimate["total"]))
+        size = min(n_groups, cap)
+        size = math.ceil(size / n_dev) * n_dev  # equal shards on every device
+        out.append(CellPlan(name, static, setup["n_runs"], n_groups, estimate, size, math.ceil(n_groups / size)))
+    return out
+
+
+def sweep_plan(
+    problem,
+    *,
+    optimizers,
+    learning_rates,
+    seeds,
+    grid: Mapping | None = None,
+    steps: int,
+    record_every: int = 1,
+    data=None,
+    batch_size: int | None = None,
+) -> list[CellPlan]:
+    """The cells :func:`sweep` would run with these arguments, one :class:`CellPlan` each
+    (runs, groups, bytes per group, groups per program call), without running anything.
+    Raises the ValueError :func:`sweep` would, including for a cell whose one group
+    cannot fit the device's memory."""
+    setup = _prepare(problem, optimizers=optimizers, learning_rates=learning_rates, seeds=seeds, grid=grid,
+                     steps=steps, record_every=record_every, data=data, batch_size=batch_size)
+    first = data(setup["seeds"][0]) if callable(data) else data
+    return _plan_cells(problem, setup, first, batch_size)
+
+
 def sweep(
     problem,
     *,
@@ -268,6 +349,7 @@ def sweep(
     progress: bool = True,
     fresh: bool = False,
     batch_size: int | None = None,
+    provenance: Mapping | None = None,
 ) -> xr.Dataset:
     """Run every (optimizer, learning rate, seed, grid point) of a grid.
 
@@ -293,28 +375,27 @@ def sweep(
       fresh: discard what ``store`` holds instead of resuming.
       batch_size: most runs per program call (default: from device memory), rounded down to
         whole groups (all learning rates of one seed and data grid point), at least one group.
+      provenance: extra entries for the results' provenance (the CLI passes
+        ``sweep_file_text``); see :func:`specdyn.provenance.provenance`.
+
+    A cell whose one group cannot fit the device's memory (see :func:`sweep_plan`) is
+    refused with a ValueError before anything runs. The Dataset's attrs hold the config
+    (with code fingerprints: a store refuses results of changed code), ``provenance``
+    (JSON: versions, devices, date, git commit), ``cells`` and ``cells_from_store``.
 
     Returns:
       ``xarray.Dataset`` (see :mod:`specdyn.storage`).
     """
-    if not is_problem(problem):
-        raise ValueError(f"problem must be an @sd.problem instance, got {problem!r}")
-    check_run_lengths(steps, record_every)
-    factories = _optimizer_factories(optimizers)
-    names = list(factories)
-    rules, plain_rates = _rules(learning_rates, names)
-    lrs = _learning_rates(plain_rates, names)
-    seed_list = _seeds(seeds)
-    static_grid, data_grid = _grid(problem, grid)
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int, got {batch_size=!r}")
-    if data is not None and not (callable(data) or isinstance(data, Mapping)):
-        raise ValueError(f"data must be a dict of arrays or a callable data(seed) -> dict, got {data!r}")
-    recipes = {n: _recipe(f) for n, f in factories.items()}
-    steps_at = record_steps(steps, record_every)
+    setup = _prepare(problem, optimizers=optimizers, learning_rates=learning_rates, seeds=seeds, grid=grid,
+                     steps=steps, record_every=record_every, data=data, batch_size=batch_size)
+    _warn_host_devices()
+    names, rules, lrs, seed_list = setup["names"], setup["rules"], setup["lrs"], setup["seeds"]
+    static_grid, data_grid, factories = setup["static_grid"], setup["data_grid"], setup["factories"]
+    seed_data = {} if not callable(data) else {s: data(s) for s in seed_list}
+    plans = _plan_cells(problem, setup, seed_data[seed_list[0]] if callable(data) else data, batch_size)
     config = {
-        "format": 2,  # records at 0, r, 2r, ... and at steps
-        "problem": f"{type(problem).__module__}:{type(problem).__qualname__}",
+        "format": 3,  # records at 0, r, 2r, ... and at steps; code fingerprints
+        "problem": describe_callable(type(problem)),
         "fields": {f: _jsonable(getattr(problem, f)) for f in static_fields(problem) + data_fields(problem)},
         "optimizers": {n: _describe_factory(f) for n, f in factories.items()},
         "learning_rates": lrs,
@@ -324,43 +405,49 @@ def sweep(
         "steps": int(steps),
         "record_every": int(record_every),
         "x64": bool(jax.config.jax_enable_x64),
+        "code": {
+            "specdyn": _specdyn_version(),
+            "problem": problem_fingerprint(type(problem)),
+            "optimizers": {n: _code_of(f) for n, f in factories.items()},
+        },
     }
     if rules:
         config["learning_rate_rules"] = {n: _describe_factory(r.rule) for n, r in rules.items()}
+        config["code"]["learning_rate_rules"] = {n: _code_of(r.rule) for n, r in rules.items()}
     if data is not None:
         config["data"] = _data_digest(data)
-    cell_store = None if store is None else CellStore(store, config, fresh=fresh)
+        if callable(data):
+            config["code"]["data"] = code_fingerprint(data)
+    run_provenance = _provenance(provenance)
+    cell_store = None if store is None else CellStore(store, config, fresh=fresh, provenance=run_provenance)
 
-    static_combos = list(itertools.product(*static_grid.values()))
-    data_combos = list(itertools.product(*data_grid.values()))
-    n_runs = len(lrs[names[0]]) * len(seed_list) * len(data_combos)
-    cells = list(itertools.product(names, static_combos))
-    seed_data = {} if not callable(data) else {s: data(s) for s in seed_list}
+    n_runs, cells = setup["n_runs"], setup["cells"]
     bar = tqdm(total=len(cells) * n_runs * steps, unit="run-step", unit_scale=True, disable=not progress)
-    results = []
+    results, from_store = [], 0
     try:
-        for index, (name, static_values) in enumerate(cells):
+        for index, (cell_plan, (name, static_values)) in enumerate(zip(plans, cells, strict=True)):
             bar.set_description(
                 f"{name} " + " ".join(f"{k}={v}" for k, v in zip(static_grid, static_values, strict=True))
             )
             if cell_store is not None and cell_store.has(index):
                 results.append(cell_store.load(index, runs=n_runs))
+                from_store += 1
                 bar.update(n_runs * steps)
                 continue
-            cell_problem = dataclasses.replace(problem, **dict(zip(static_grid, static_values, strict=True)))
+            cell_problem = dataclasses.replace(problem, **cell_plan.static)
             arrays = _run_cell(
                 cell_problem,
-                recipes[name],
+                setup["recipes"][name],
                 lrs[name],
                 rules.get(name),
                 seed_list,
                 data_grid,
-                data_combos,
+                setup["data_combos"],
                 data=data if not callable(data) else seed_data,
                 per_seed=callable(data),
                 steps=int(steps),
                 record_every=int(record_every),
-                batch_size=batch_size,
+                size=cell_plan.groups_per_call,
                 bar=bar,
             )
             if rules and name not in rules:
@@ -378,16 +465,57 @@ def sweep(
         static_grid=static_grid,
         data_grid=data_grid,
         grid_order=list((grid or {}).keys()),
-        steps_at=steps_at,
+        steps_at=record_steps(steps, record_every),
         cells=results,
         metric_dims=getattr(type(problem), "metric_dims", {}) or {},
         config=config,
-        attrs={"devices": f"{jax.local_device_count()} x {jax.local_devices()[0].device_kind}"},
+        attrs={
+            "devices": f"{jax.local_device_count()} x {jax.local_devices()[0].device_kind}",
+            "provenance": json.dumps(run_provenance, sort_keys=True),
+            "cells": len(cells),
+            "cells_from_store": from_store,
+        },
     )
 
 
+def host_device_warning(backend: str, devices: int, jaxlib_version: str, limit_blas: str | None) -> str | None:
+    """The warning for several CPU host devices on jaxlib 0.10.x (known to hang there; see
+    the README's note on CPUs with few cores), or None; ``SPECDYN_LIMIT_BLAS=0`` silences it."""
+    if backend != "cpu" or devices < 2 or not jaxlib_version.startswith("0.10.") or limit_blas == "0":
+        return None
+    return (
+        f"{devices} CPU host devices on jaxlib {jaxlib_version}: sweeps on several host devices are known "
+        "to hang on jaxlib 0.10 (README, 'A note on CPUs with few cores'); use one device (no "
+        "--xla_force_host_platform_device_count) or jaxlib >= 0.12; SPECDYN_LIMIT_BLAS=0 silences this"
+    )
+
+
+@functools.cache
+def _warn_host_devices() -> None:
+    """Warn once per process (see :func:`host_device_warning`)."""
+    import jaxlib
+
+    message = host_device_warning(
+        jax.default_backend(), jax.local_device_count(), jaxlib.__version__, os.environ.get("SPECDYN_LIMIT_BLAS")
+    )
+    if message:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _specdyn_version() -> str:
+    import specdyn
+
+    return specdyn.__version__
+
+
+def _provenance(extra: Mapping | None) -> dict:
+    if extra is not None and not isinstance(extra, Mapping):
+        raise ValueError(f"provenance must be a dict of extra entries, got provenance={extra!r}")
+    return provenance(**{str(k): v for k, v in (extra or {}).items()})
+
+
 def _run_cell(problem, recipe, lrs, rule, seeds, data_grid, data_combos, *, data, per_seed, steps, record_every,
-              batch_size, bar):
+              size, bar):
     """All runs of one cell: {metric: (runs, records, ...)}, diverged_at (runs,) and, with a
     rule, effective_learning_rate (runs,).
 
@@ -408,21 +536,6 @@ def _run_cell(problem, recipe, lrs, rule, seeds, data_grid, data_combos, *, data
     else:
         given = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n_groups, *np.shape(x))), dict(data))
 
-    # Batch size from memory: per group, its data and parameters once, and per learning
-    # rate a run's state and one call's records; with headroom.
-    def group_shapes():
-        p0 = jax.tree.map(lambda x: x[0], problems)
-        params, d = sample_run(p0, keys[0], None if given is None else jax.tree.map(lambda x: x[0], given))
-        state = start_run(recipe.build(jnp.asarray(1.0)), params)
-        recs = record_metrics(p0, state, d)
-        return (params, d), (state, jax.tree.map(lambda x: jnp.stack([x] * SEGMENTS), recs))
-
-    shared, per_lr = jax.eval_shape(group_shapes)
-    per_group = 4 * (_nbytes(shared) + n_lrs * _nbytes(per_lr)) + 1
-    n_dev = jax.local_device_count()
-    cap = max(1, batch_size // n_lrs) if batch_size else max(1, int(0.5 * _memory_per_device() * n_dev / per_group))
-    size = min(n_groups, cap)
-    size = math.ceil(size / n_dev) * n_dev  # equal shards on every device
     n_batches = math.ceil(n_groups / size)
     shard = NamedSharding(Mesh(np.asarray(jax.local_devices()), ("runs",)), PartitionSpec("runs"))
     budget = max(1, math.ceil(steps / _TARGET_CHUNKS))

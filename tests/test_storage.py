@@ -87,3 +87,17 @@ def test_a_file_where_the_store_should_be_is_refused(tmp_path):
     (tmp_path / "s").write_text("not a folder")
     with pytest.raises(ValueError, match="is a file, not a folder"):
         CellStore(tmp_path / "s", CONFIG)
+
+
+def test_load_names_the_path_of_a_foreign_truncated_or_missing_file(tmp_path):
+    foreign = tmp_path / "notes.nc"
+    foreign.write_text("not netCDF at all\n")
+    good = storage.save(xr.Dataset({"loss": ("step", np.arange(3.0))}), tmp_path / "good.nc")
+    truncated = tmp_path / "truncated.nc"
+    truncated.write_bytes(good.read_bytes()[:60])
+    for path, what in [(foreign, "not a results file"), (truncated, "not a results file"),
+                       (tmp_path, "is a folder"), (tmp_path / "none.nc", "no results file")]:
+        with pytest.raises(ValueError, match=what) as err:
+            storage.load(path)
+        assert str(path) in str(err.value)
+    np.testing.assert_array_equal(storage.load(good)["loss"].values, np.arange(3.0))

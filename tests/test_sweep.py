@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import specdyn as sd
 from specdyn import results
 from specdyn.simulate import sample_run
-from specdyn.sweep import sweep
+from specdyn.sweep import sweep, sweep_plan
 
 sweep_module = importlib.import_module("specdyn.sweep")  # sd.sweep, the function, shadows the module
 
@@ -62,10 +62,13 @@ def test_sweep_equals_runs_simulated_one_at_a_time(reference):
 
 
 def test_one_chunk_program_per_cell_across_batches_and_calls(reference, monkeypatch):
-    # With almost no memory the 4 groups (seed x noise; 2 learning rates each) of a cell
-    # split into batches of one group, each run in several program calls: one program per
-    # cell (optimizer x samples) serves them all, and a second such sweep compiles nothing.
-    monkeypatch.setattr(sweep_module, "_memory_per_device", lambda: 1.0)
+    # With memory for one group, the 4 groups (seed x noise; 2 learning rates each) of a
+    # cell split into batches of one group, each run in several program calls: one program
+    # per cell (optimizer x samples) serves them all, and a second such sweep compiles nothing.
+    planned = {k: v for k, v in SWEEP.items() if k != "progress"}
+    one_group = max(p.bytes_per_group["total"] for p in sweep_plan(PROBLEM, **planned))
+    monkeypatch.setattr(sweep_module, "memory_available", lambda: float(one_group))
+    assert {p.groups_per_call for p in sweep_plan(PROBLEM, **planned)} == {1}
     cells = 2 * 2  # optimizers x static samples values
     with count_compiles() as compiles:
         ds = sweep(PROBLEM, **SWEEP)
