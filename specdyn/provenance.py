@@ -48,7 +48,7 @@ def code_fingerprint(obj) -> str:
     try:
         digest.update(inspect.getsource(obj).encode())
     except (OSError, TypeError):
-        code = getattr(obj, "__code__", None) or getattr(getattr(obj, "__call__", None), "__code__", None)
+        code = getattr(obj, "__code__", None) or getattr(getattr(type(obj), "__call__", None), "__code__", None)
         if isinstance(obj, type):
             for name, member in sorted(vars(obj).items()):
                 digest.update(name.encode())
