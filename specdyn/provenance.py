@@ -48,7 +48,8 @@ def code_fingerprint(obj) -> str:
     try:
         digest.update(inspect.getsource(obj).encode())
     except (OSError, TypeError):
-        code = getattr(obj, "__code__", None) or getattr(getattr(type(obj), "__call__", None), "__code__", None)
+        call = vars(type(obj)).get("__call__")  # a callable instance's method
+        code = getattr(obj, "__code__", None) or getattr(call, "__code__", None)
         if isinstance(obj, type):
             for name, member in sorted(vars(obj).items()):
                 digest.update(name.encode())
