@@ -179,3 +179,66 @@ def test_char_lm_reads_a_local_token_file(tmp_path):
     (tmp_path / "tiny.txt").write_text("ab")
     with pytest.raises(ValueError, match="text"):
         nw.char_lm("smoke", steps=2, text=tmp_path / "tiny.txt")
+
+
+# --- the character LM as an engine problem (specdyn.problems.char_lm) ---
+
+def _lm_problem_and_data():
+    from specdyn.problems.char_lm import CharLM, char_lm_data
+
+    tokens = np.frombuffer(nw.python_stdlib_text(20_000).encode("utf-8"), np.uint8)
+    problem = CharLM(layers=1, width=16, heads=2, seq=8, batch_size=4)
+    return problem, char_lm_data(tokens, seq=8, batch_size=4, seed=0), tokens
+
+
+def test_char_lm_problem_loss_equals_a_direct_computation_on_the_window():
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    from specdyn.problems.char_lm import CharTransformer
+
+    problem, data, _ = _lm_problem_and_data()
+    key = jax.random.PRNGKey(3)
+    params = problem.init(key)
+    model = CharTransformer(layers=1, width=16, heads=2, seq=8, vocab=256, key=key)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), params,
+                                     eqx.filter(model, eqx.is_inexact_array)))
+    w = np.asarray(data["windows"])
+    logits = np.stack([np.asarray(model(jnp.asarray(row[:-1]))) for row in w]).astype(np.float64)
+    logp = logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    direct = -np.mean(np.take_along_axis(logp, w[:, 1:, None], axis=-1))
+    assert float(problem.loss(params, data)) == pytest.approx(direct, rel=1e-6)
+
+
+def test_char_lm_problem_batch_draws_windows_of_the_training_split():
+    problem, data, tokens = _lm_problem_and_data()
+    train = np.asarray(data["tokens"])
+    assert len(train) == int(0.9 * len(tokens))
+    all_windows = np.lib.stride_tricks.sliding_window_view(train, 9)
+    seen = set()
+    for step in range(20):
+        w = np.asarray(problem.batch(data, jax.random.fold_in(jax.random.PRNGKey(0), step))["windows"])
+        assert w.shape == (4, 9) and w.dtype == np.int32
+        for row in w:  # each row is a contiguous window of the training split
+            assert np.any(np.all(all_windows == row, axis=1))
+        seen.add(w[0].tobytes())
+    assert len(seen) > 1
+    again = problem.batch(data, jax.random.fold_in(jax.random.PRNGKey(0), 19))["windows"]
+    np.testing.assert_array_equal(np.asarray(again), w)  # same key, same batch
+
+
+def test_char_lm_problem_sweep_of_two_seeds_compiles_the_step_program_once():
+    import optax
+    from compile_log import count_compiles
+
+    from specdyn.sweep import sweep
+
+    problem, data, _ = _lm_problem_and_data()
+    with count_compiles() as compiles:
+        ds = sweep(problem, optimizers={"adamw": optax.adamw}, learning_rates=[3e-3], seeds=2,
+                   steps=4, record_every=2, data=data, progress=False)
+    assert compiles.count("_chunk_program") == 1
+    assert ds.nuclear_rank.sizes["matrix"] == len(problem.matrix_labels())
+    assert np.all(np.isfinite(ds.loss.values)) and np.all(np.isfinite(ds.val_loss.values))
+    assert not np.allclose(ds.loss.isel(seed=0).values, ds.loss.isel(seed=1).values)

@@ -34,10 +34,18 @@ import xarray as xr
 from scipy import integrate, stats
 
 from specdyn.diagnostics import frobenius_norm, stable_rank
-from specdyn.layerwise import incoming_activations, layerwise_criterion, matrix_paths
+from specdyn.layerwise import incoming_activations
 from specdyn.optimizers import muon
 from specdyn.problem import require
-from specdyn.problems.activations import ACTIVATIONS, activate
+from specdyn.problems.activations import ACTIVATIONS
+from specdyn.problems.char_lm import (
+    CharLM,
+    CharTransformer,
+    TransformerBlock,
+    block_matrix_name,
+    char_lm_data,
+    lm_label,
+)
 from specdyn.problems.sparse_regression import (
     LAYERS,
     SparseRegression,
@@ -46,6 +54,7 @@ from specdyn.problems.sparse_regression import (
     relu2_forward,
 )
 from specdyn.simulate import simulate
+from specdyn.sweep import sweep
 
 __all__ = [
     "ACTIVATIONS",
@@ -109,47 +118,13 @@ def _post_activation_stable_ranks(activations, key, width, samples):
     return jnp.stack(out)
 
 
-class TransformerBlock(eqx.Module):
-    """Pre-norm causal transformer block: x + Attn(LN x), then + W_out GELU(W_in LN x).
-
-    Takes one sequence (tokens × width); matrices: W_Q, W_K, W_V, W_O (in
-    ``attention``), ``mlp_in`` (4·width × width) and ``mlp_out``; no biases.
-    """
-
-    norm1: eqx.nn.LayerNorm
-    attention: eqx.nn.MultiheadAttention
-    norm2: eqx.nn.LayerNorm
-    mlp_in: eqx.nn.Linear
-    mlp_out: eqx.nn.Linear
-
-    def __init__(self, width: int, heads: int, *, key):
-        k1, k2, k3 = jax.random.split(key, 3)
-        self.norm1 = eqx.nn.LayerNorm(width)
-        self.attention = eqx.nn.MultiheadAttention(heads, width, key=k1)
-        self.norm2 = eqx.nn.LayerNorm(width)
-        self.mlp_in = eqx.nn.Linear(width, 4 * width, use_bias=False, key=k2)
-        self.mlp_out = eqx.nn.Linear(4 * width, width, use_bias=False, key=k3)
-
-    def __call__(self, x):
-        h = jax.vmap(self.norm1)(x)
-        mask = jnp.tril(jnp.ones((x.shape[0], x.shape[0]), bool))
-        x = x + self.attention(h, h, h, mask=mask)
-        h = jax.vmap(self.norm2)(x)
-        return x + jax.vmap(lambda t: self.mlp_out(activate("gelu", self.mlp_in(t))))(h)
-
-
 def _build(cls, key, **kwargs):
     """``cls(**kwargs, key=key)`` built in one compiled program (eager initialisation
     compiles every random op of every layer separately, which is slow on CPU)."""
     return eqx.filter_jit(lambda k: cls(**kwargs, key=k))(key)
 
 
-def _block_name(path: str) -> str:
-    for key, name in (("query", "W_Q"), ("key_proj", "W_K"), ("value", "W_V"), ("output", "W_O"),
-                      ("mlp_in", "mlp_in"), ("mlp_out", "mlp_out")):
-        if key in path:
-            return name
-    return path
+_block_name = block_matrix_name
 
 
 _BLOCK_MATRICES = ("W_Q", "W_K", "W_V", "W_O", "mlp_in", "mlp_out")
@@ -456,43 +431,7 @@ def python_stdlib_text(max_chars: int = 2_000_000) -> str:
     return "".join(parts)[:max_chars]
 
 
-class CharTransformer(eqx.Module):
-    """Causal byte-level transformer: token + learned position embedding, pre-norm
-    :class:`TransformerBlock` s, final LayerNorm, linear head to 256 logits."""
-
-    embed: eqx.nn.Embedding
-    position: jax.Array  # shape=(seq, width)
-    blocks: list
-    norm: eqx.nn.LayerNorm
-    head: eqx.nn.Linear
-
-    def __init__(self, *, layers: int, width: int, heads: int, seq: int, key, vocab: int = 256):
-        ke, kp, kh, *kb = jax.random.split(key, 3 + layers)
-        self.embed = eqx.nn.Embedding(vocab, width, key=ke)
-        self.position = 0.02 * jax.random.normal(kp, (seq, width))
-        self.blocks = [TransformerBlock(width, heads, key=k) for k in kb]
-        self.norm = eqx.nn.LayerNorm(width)
-        self.head = eqx.nn.Linear(width, vocab, use_bias=False, key=kh)
-
-    def __call__(self, tokens):
-        x = jax.vmap(self.embed)(tokens) + self.position[: tokens.shape[0]]
-        for block in self.blocks:
-            x = block(x)
-        return jax.vmap(lambda t: self.head(self.norm(t)))(x)
-
-
-def _lm_loss(model, batch):
-    logits = jax.vmap(model)(batch[:, :-1])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
-
-
-def _lm_label(path: str) -> str:
-    """Readable name of a matrix of :class:`CharTransformer` from its keystr path."""
-    if ".blocks[" in path:
-        layer = path.split(".blocks[")[1].split("]")[0]
-        return f"L{layer}.{_block_name(path)}"
-    return {".embed.weight": "embedding", ".head.weight": "head", ".position": "position"}.get(
-        path, path)
+_lm_label = lm_label
 
 
 _LM_SIZES = {
@@ -526,12 +465,24 @@ def char_lm(
     log_every, max_chars). "muon": ``sd.muon(muon_lr)`` on the blocks' matrices
     (W_Q, W_K, W_V, W_O, mlp_in, mlp_out), AdamW(adam_lr) on embedding, positions,
     head and LayerNorm gains (the usual split); "adamw": AdamW(adam_lr) on all.
-    Both see the same batches (random windows of the first 90% of the text; the
-    last 10% is validation). Every ``log_every`` steps, :func:`layerwise_criterion`
-    on the current batch gives nr(G) and st(A) of every matrix.
+    It runs as one engine sweep (one seed) of :class:`specdyn.problems.char_lm.CharLM`
+    with ``{"muon": factory, "adamw": factory}`` and ``record_every=log_every``. Both
+    optimizers see the same batches: each step's gradient is on ``batch`` random
+    windows of the first 90% of the text drawn with ``jax.random`` from
+    ``fold_in(PRNGKey(seed), step)`` (the problem's ``batch`` method); the last 10%
+    gives a fixed validation set of 4·batch windows. Every ``log_every`` steps (and
+    at ``steps``), :func:`layerwise_criterion` on a fixed probe batch of training
+    windows gives nr(G) and st(A) of every matrix.
 
     Returns ``loss(optimizer, step)``, ``val_loss(optimizer, log_step)`` and
     ``nuclear_rank``, ``stable_rank``, ``ratio`` (optimizer, log_step, matrix).
+
+    Changed with the move onto the engine: ``loss`` is the cross-entropy on the fixed
+    probe batch at the recorded steps (``step`` = ``log_step`` = 0, log_every, ...,
+    steps), no longer each step's minibatch loss at every step (a record every step
+    would run the criterion every step); batches come from ``jax.random`` instead of
+    a host numpy generator and the criterion uses the probe batch instead of the
+    current minibatch, so the numbers differ from earlier versions (same seeds).
     """
     require(size in _LM_SIZES, "size", size, f"be one of {sorted(_LM_SIZES)}")
     cfg = dict(_LM_SIZES[size])
@@ -550,19 +501,10 @@ def char_lm(
         data = data[: cfg["max_chars"]]
     require(len(data) > 20 * (cfg["seq"] + 1), "text", text,
             f"hold more than {20 * (cfg['seq'] + 1)} tokens (seq={cfg['seq']}), got {len(data)}")
-    split = int(0.9 * len(data))
-    train, val = data[:split], data[split:]
     seq, batch = cfg["seq"], cfg["batch"]
-
-    def windows(rng, source, count):  # drawn on the host: no per-shape compilation
-        start = rng.integers(0, source.shape[0] - seq - 1, size=count)
-        return source[start[:, None] + np.arange(seq + 1)]
-
-    val_batch = windows(np.random.default_rng([seed, 0]), val, 4 * batch)
-    model0 = _build(CharTransformer, jax.random.PRNGKey(seed), layers=cfg["layers"],
-                    width=cfg["width"], heads=cfg["heads"], seq=seq, vocab=vocab)
-    params0 = eqx.filter(model0, eqx.is_inexact_array)
-    paths = matrix_paths(params0)
+    problem = CharLM(layers=cfg["layers"], width=cfg["width"], heads=cfg["heads"], seq=seq,
+                     batch_size=batch, vocab=vocab)
+    lm_data = char_lm_data(data, seq=seq, batch_size=batch, seed=seed)
 
     def labels(params):
         def one(path, leaf):
@@ -570,60 +512,35 @@ def char_lm(
             return "muon" if ".blocks[" in p and leaf.ndim == 2 else "adam"
         return jax.tree_util.tree_map_with_path(one, params)
 
-    optimizers = {
-        "muon": optax.partition({"muon": muon(muon_lr, weight_decay=weight_decay),
-                                 "adam": optax.adamw(adam_lr, weight_decay=weight_decay)},
-                                labels),
-        "adamw": optax.adamw(adam_lr, weight_decay=weight_decay),
-    }
+    def muon_factory(lr):  # sd.muon on the blocks' matrices, AdamW(adam_lr) on the rest
+        return optax.partition({"muon": muon(lr, weight_decay=weight_decay),
+                                "adam": optax.adamw(adam_lr, weight_decay=weight_decay)}, labels)
 
-    @eqx.filter_jit
-    def criterion(model, batch):
-        crit = layerwise_criterion(_lm_loss, model, batch)
-        return {k: jnp.stack([crit[p][k] for p in paths]) for k in ("nuclear_rank", "stable_rank")}
+    def adamw_factory(lr):
+        return optax.adamw(lr, weight_decay=weight_decay)
 
-    eval_loss = eqx.filter_jit(_lm_loss)
-    logs = list(range(0, cfg["steps"], cfg["log_every"])) + [cfg["steps"]]
-    results = {}
-    for name, tx in optimizers.items():
-
-        @eqx.filter_jit
-        def train_step(model, state, batch, tx=tx):
-            loss, grads = eqx.filter_value_and_grad(_lm_loss)(model, batch)
-            updates, state = tx.update(grads, state, eqx.filter(model, eqx.is_inexact_array))
-            return eqx.apply_updates(model, updates), state, loss
-
-        model, state = model0, jax.jit(tx.init)(params0)
-        rng = np.random.default_rng([seed, 1])  # the same batches for every optimizer
-        losses, vals, nrs, sts = [], [], [], []
-        for t in range(cfg["steps"] + 1):
-            b = windows(rng, train, batch)
-            if t in logs:
-                c = criterion(model, b)
-                nrs.append(np.asarray(c["nuclear_rank"]))
-                sts.append(np.asarray(c["stable_rank"]))
-                vals.append(float(eval_loss(model, val_batch)))
-            if t < cfg["steps"]:
-                model, state, loss = train_step(model, state, b)
-                losses.append(loss)
-        results[name] = (np.asarray(jnp.stack(losses)), vals, np.stack(nrs), np.stack(sts))
-    names = list(optimizers)
-    nr = np.stack([results[n][2] for n in names])
-    st = np.stack([results[n][3] for n in names])
+    swept = sweep(problem, optimizers={"muon": muon_factory, "adamw": adamw_factory},
+                  learning_rates={"muon": [muon_lr], "adamw": [adam_lr]}, seeds=[seed],
+                  steps=cfg["steps"], record_every=cfg["log_every"], data=lm_data, progress=False)
+    run = swept.isel(lr=0, seed=0)
+    names = [str(o) for o in swept.optimizer.values]
+    logs = [int(t) for t in swept.step.values]
+    nr = np.asarray(run.nuclear_rank.transpose("optimizer", "step", "matrix").values)
+    st = np.asarray(run.stable_rank.transpose("optimizer", "step", "matrix").values)
     return xr.Dataset(
         {
-            "loss": (("optimizer", "step"), np.array([results[n][0] for n in names])),
-            "val_loss": (("optimizer", "log_step"), np.array([results[n][1] for n in names])),
+            "loss": (("optimizer", "step"), np.asarray(run.loss.transpose("optimizer", "step").values)),
+            "val_loss": (("optimizer", "log_step"), np.asarray(run.val_loss.transpose("optimizer", "step").values)),
             "nuclear_rank": (("optimizer", "log_step", "matrix"), nr),
             "stable_rank": (("optimizer", "log_step", "matrix"), st),
             "ratio": (("optimizer", "log_step", "matrix"), nr / st),
         },
-        coords={"optimizer": names, "step": np.arange(cfg["steps"]), "log_step": logs,
-                "matrix": [_lm_label(p) for p in paths]},
+        coords={"optimizer": names, "step": logs, "log_step": logs,
+                "matrix": problem.matrix_labels()},
         attrs={**{k: v for k, v in cfg.items()}, "size": size, "muon_lr": muon_lr,
                "adam_lr": adam_lr, "weight_decay": weight_decay, "seed": seed,
                "text": "python standard library" if text is None else pathlib.Path(text).name,
-               "vocab": vocab},
+               "vocab": vocab, "loss": "cross-entropy on a fixed probe batch of training windows, at records"},
     )
 
 
