@@ -86,9 +86,9 @@ def main(smoke: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    from specdyn._cpu import limit_blas_threads
+    from specdyn._cpu import guard_cpu
 
-    limit_blas_threads()  # every implementation with one OpenBLAS thread on few-core CPUs, as specdyn runs
+    guard_cpu()  # one OpenBLAS thread on few-core CPUs; one XLA thread where jaxlib 0.10 hangs (specdyn/_cpu.py)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="use the sweep file's [smoke] sizes")
     main(ap.parse_args().smoke)

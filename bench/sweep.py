@@ -257,7 +257,7 @@ def main():
 
 
 if __name__ == "__main__":
-    from specdyn._cpu import limit_blas_threads
+    from specdyn._cpu import guard_cpu
 
-    limit_blas_threads()  # every implementation with one OpenBLAS thread on few-core CPUs, as specdyn runs
+    guard_cpu()  # one OpenBLAS thread on few-core CPUs; one XLA thread where jaxlib 0.10 hangs (specdyn/_cpu.py)
     main()

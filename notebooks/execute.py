@@ -91,6 +91,8 @@ def execute(name: str, size: str = "smoke", timeout: int = 3600) -> nbformat.Not
         kernel_name="python3",
         resources={"metadata": {"path": str(HERE)}},
         record_timing=False,  # no timestamps in the committed notebooks: a re-run diffs by its outputs only
+        # the few-core CPU guard before the notebook's first JAX work (specdyn/_cpu.py)
+        extra_arguments=["--IPKernelApp.exec_lines=['import specdyn', 'specdyn.guard_cpu()']"],
     )
     client.execute(env=kernel_env())
     nb.metadata["specdyn"] = {"size": size}

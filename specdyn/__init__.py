@@ -2,6 +2,7 @@
 
 from specdyn import problems
 from specdyn import results
+from specdyn._cpu import guard_cpu
 from specdyn.diagnostics import frobenius_norm
 from specdyn.diagnostics import nuclear_norm
 from specdyn.diagnostics import nuclear_rank
@@ -46,6 +47,7 @@ __all__ = [
     "frobenius_norm",
     "gd",
     "get_optimizer",
+    "guard_cpu",
     "incoming_activations",
     "layerwise_criterion",
     "layerwise_metrics",

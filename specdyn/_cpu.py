@@ -17,20 +17,39 @@ a CPU with at most 4 cores (elsewhere it does nothing); ``sd.simulate`` and
 ``sd.sweep`` compute inside it and restore the user's setting after.
 :func:`limit_blas_threads` sets the same for the rest of the process: the
 command line and the test suite call it, and a script that runs its own JAX
-linear algebra on such a machine may too. Nothing here runs at import.
-``SPECDYN_LIMIT_BLAS=0`` turns both off.
+linear algebra on such a machine may too.
+
+A second hang is XLA's own, on jaxlib 0.10 only: the sweep of bench/sweep.py
+(least squares, GD and Newton–Schulz SpecGD) stops for good at 0 % CPU, its
+threads waiting in XLA's intra-op pool, with OpenBLAS already at one thread
+(2 of 2 tries on jaxlib 0.10.2; it runs on 0.12.0.1). With a one-thread pool it
+runs. The pool's size is read from the process's CPU affinity when the CPU
+backend starts, so :func:`guard_cpu` starts the backend while the process is
+pinned to one core, then restores the affinity — only on an affected jaxlib
+(:func:`needs_pool_guard`), only before any JAX backend has started. The command
+line, the test suite and the benchmarks call it first thing; ``sd.simulate`` and
+``sd.sweep`` call it too (it acts if nothing has started JAX yet) and warn once
+where the hang is possible and it came too late: call ``specdyn.guard_cpu()``
+before any other JAX work there. Nothing here runs at import.
+``SPECDYN_LIMIT_BLAS=0`` turns all of it off.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
 import importlib.util
 import os
+import warnings
 
-__all__ = ["blas_threads_limited", "few_cpu_cores", "limit_blas_threads"]
+__all__ = ["blas_threads_limited", "few_cpu_cores", "guard_cpu", "limit_blas_threads", "needs_pool_guard"]
 
 _MAX_CPUS = 4
+# jaxlib below this version hangs in XLA's intra-op pool (measured on 0.10.2; 0.12.0.1 runs;
+# older versions are treated as affected, untested with that program).
+_POOL_FIXED_IN = (0, 11)
+_guarded = False
 _GPU_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm_plugin")
 
 
@@ -67,3 +86,68 @@ def limit_blas_threads() -> bool:
         return False
     _one_blas_thread()
     return True
+
+
+def _jaxlib_version() -> tuple[int, int]:
+    major, minor = importlib.metadata.version("jaxlib").split(".")[:2]
+    return int(major), int(minor)
+
+
+@functools.cache
+def needs_pool_guard() -> bool:
+    """True on a few-core CPU (:func:`few_cpu_cores`) with a jaxlib whose intra-op pool can hang."""
+    return few_cpu_cores() and _jaxlib_version() < _POOL_FIXED_IN
+
+
+def _backend_started() -> bool:
+    from jax._src import xla_bridge
+
+    return xla_bridge.backends_are_initialized()
+
+
+def _start_one_thread_pool() -> None:
+    global _guarded
+    import jax
+
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        jax.devices()
+    finally:
+        os.sched_setaffinity(0, cpus)
+    _guarded = True
+
+
+def guard_cpu() -> bool:
+    """One OpenBLAS thread for the rest of the process on a few-core CPU and, on an
+    affected jaxlib (:func:`needs_pool_guard`), start JAX's CPU backend with a
+    one-thread intra-op pool; True if it did the latter. Call it before any other
+    JAX work (creating a PRNG key starts the backend); afterwards the pool is left
+    as it is, so it is safe to call anywhere."""
+    limit_blas_threads()
+    if _guarded or not needs_pool_guard() or _backend_started():
+        return False
+    _start_one_thread_pool()
+    return True
+
+
+class PoolHangWarning(RuntimeWarning):
+    """XLA's intra-op pool of this jaxlib can hang on this CPU, and the guard came too late."""
+
+
+@functools.cache
+def warn_if_unguarded() -> None:
+    """Called by ``sd.simulate`` and ``sd.sweep``: start the one-thread pool if nothing
+    has started JAX yet; else warn once where the pool can hang."""
+    if not needs_pool_guard() or _guarded:
+        return
+    if not _backend_started():
+        _start_one_thread_pool()
+        return
+    warnings.warn(
+        f"jaxlib {'.'.join(map(str, _jaxlib_version()))} can hang on this {len(os.sched_getaffinity(0))}-core "
+        "CPU (XLA's thread pool); call specdyn.guard_cpu() before any other JAX work, or use a newer jaxlib "
+        "(Python >= 3.12), or set SPECDYN_LIMIT_BLAS=0 to silence this",
+        PoolHangWarning,
+        stacklevel=3,
+    )

@@ -521,9 +521,9 @@ def main(argv=None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as done:  # --help (0) or a bad argument (2, one line already printed)
         return done.code if isinstance(done.code, int) else 2
-    from specdyn._cpu import limit_blas_threads
+    from specdyn._cpu import guard_cpu
 
-    limit_blas_threads()  # one OpenBLAS thread on few-core CPUs (see specdyn/_cpu.py)
+    guard_cpu()  # one OpenBLAS thread on few-core CPUs; one XLA thread where jaxlib 0.10 hangs (specdyn/_cpu.py)
     commands = {"demo": _cmd_demo, "sweep": _cmd_sweep, "plot": _cmd_plot, "list": _cmd_list}
     try:
         commands[args.command](args)

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from specdyn._cpu import blas_threads_limited
+from specdyn._cpu import blas_threads_limited, warn_if_unguarded
 from specdyn.optimizers import Optimizer
 from specdyn.problem import is_problem, static_fields
 
@@ -579,6 +579,7 @@ def simulate(
         )
     check_run_lengths(steps, record_every)
     check_telemetry(telemetry)
+    warn_if_unguarded()
     telemetry = None if telemetry is None else int(telemetry)
     steps, record_every = int(steps), int(record_every)
     out = {"step": jax.device_put(record_steps(steps, record_every).astype(np.int32))}

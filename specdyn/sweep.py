@@ -43,6 +43,7 @@ import xarray as xr
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from specdyn._cpu import warn_if_unguarded
 from specdyn.optimizers import OPTIMIZERS, get_optimizer
 from specdyn.problem import data_fields, is_problem, static_fields
 from specdyn.provenance import code_fingerprint, describe_callable, problem_fingerprint, provenance
@@ -271,6 +272,7 @@ def _prepare(problem, *, optimizers, learning_rates, seeds, grid, steps, record_
     if not is_problem(problem):
         raise ValueError(f"problem must be an @sd.problem instance, got {problem!r}")
     check_run_lengths(steps, record_every)
+    warn_if_unguarded()
     factories = _optimizer_factories(optimizers)
     names = list(factories)
     rules, plain_rates = _rules(learning_rates, names)

@@ -5,8 +5,8 @@ oversubscribe a 2-core machine (see specdyn/_cpu.py). sd.simulate and sd.sweep
 limit it themselves; tests also call jnp.linalg directly.
 """
 
-from specdyn._cpu import limit_blas_threads
+from specdyn._cpu import guard_cpu
 
 
 def pytest_configure(config):
-    limit_blas_threads()
+    guard_cpu()

@@ -28,18 +28,18 @@ def run_python(program: str, timeout=240, **env_overrides) -> subprocess.Complet
 
 
 CONCURRENT_LAPACK_PROGRAM = """
+    import specdyn
+    specdyn.guard_cpu()  # before any JAX work, as the command line and the test suite do
     import jax, jax.numpy as jnp
-    from specdyn._cpu import blas_threads_limited
 
     @jax.jit
     def factorizations(a, b):  # independent batched factorizations: XLA runs them side by side
         return (jnp.linalg.qr(a)[0].sum() + jnp.linalg.svd(b, compute_uv=False).sum()
                 + jnp.linalg.eigh(a + jnp.swapaxes(a, -1, -2))[0].sum() + jnp.linalg.qr(2 * b)[1].sum())
 
-    with blas_threads_limited():
-        for i in range(20):
-            a = jax.random.normal(jax.random.PRNGKey(i), (8, 128, 128))
-            factorizations(a, 3 * a).block_until_ready()
+    for i in range(20):
+        a = jax.random.normal(jax.random.PRNGKey(i), (8, 128, 128))
+        factorizations(a, 3 * a).block_until_ready()
     print("ok")
 """
 
@@ -47,8 +47,9 @@ CONCURRENT_LAPACK_PROGRAM = """
 @linux_only
 def test_concurrent_batched_linear_algebra_finishes():
     """Regression: with OpenBLAS's default threads this program did not finish within
-    45 s on a loaded 2-core machine on any jaxlib tried (0.10.2 sometimes hangs at 0 %
-    CPU); with one OpenBLAS thread it takes seconds, XLA keeping both cores."""
+    45 s on a loaded 2-core machine on any jaxlib tried (0.7.2 to 0.12.0.1); on jaxlib
+    0.10.2 it also hangs now and then in XLA's two-thread pool with OpenBLAS limited.
+    With the guard (one OpenBLAS thread; one XLA thread on jaxlib < 0.11) it takes seconds."""
     assert run_python(CONCURRENT_LAPACK_PROGRAM, timeout=120).stdout.strip() == "ok"
 
 
@@ -117,3 +118,46 @@ def test_the_suite_runs_with_one_blas_thread_on_few_cores():
 
     if few_cpu_cores():
         assert max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas") == 1
+
+
+POOL_PROGRAM = """
+    import json, os
+    import specdyn
+    from specdyn._cpu import _jaxlib_version, needs_pool_guard
+    applied = specdyn.guard_cpu()
+    again = specdyn.guard_cpu()  # the backend runs now: nothing more to do
+    print(json.dumps({"needed": needs_pool_guard(), "applied": applied, "again": again,
+                      "jaxlib": list(_jaxlib_version()), "affinity": len(os.sched_getaffinity(0))}))
+"""
+
+
+@linux_only
+def test_one_thread_pool_only_where_jaxlib_hangs():
+    """The pool guard acts on jaxlib < 0.11 with few cores (bench/sweep.py's sweep hung there
+    at 0 % CPU in XLA's pool), never on newer jaxlib; the CPU affinity comes back."""
+    out = json.loads(run_python(POOL_PROGRAM).stdout)
+    affected = tuple(out["jaxlib"]) < (0, 11) and len(os.sched_getaffinity(0)) <= 4
+    assert out["needed"] is affected and out["applied"] is affected and out["again"] is False
+    assert out["affinity"] == len(os.sched_getaffinity(0))
+    off = json.loads(run_python(POOL_PROGRAM, SPECDYN_LIMIT_BLAS="0").stdout)
+    assert off["needed"] is False and off["applied"] is False
+
+
+LATE_PROGRAM = """
+    import warnings, jax
+    import specdyn as sd
+    key = jax.random.PRNGKey(0)  # starts the backend before any guard could act
+    problem = sd.problems.MatrixLeastSquares(rows=4, cols=4, samples=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sd.simulate(problem, sd.gd(0.1), key=key, steps=2)
+        sd.simulate(problem, sd.gd(0.1), key=key, steps=2)
+    print(sum("guard_cpu" in str(w.message) for w in caught))
+"""
+
+
+@linux_only
+def test_a_late_guard_warns_once_where_the_pool_can_hang():
+    from specdyn._cpu import needs_pool_guard
+
+    assert run_python(LATE_PROGRAM).stdout.strip() == ("1" if needs_pool_guard() else "0")
