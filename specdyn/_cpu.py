@@ -22,7 +22,7 @@ linear algebra on such a machine may too.
 A second hang is XLA's own, on jaxlib 0.10 only: the sweep of bench/sweep.py
 (least squares, GD and Newton–Schulz SpecGD) stops for good at 0 % CPU, its
 threads waiting in XLA's intra-op pool, with OpenBLAS already at one thread
-(2 of 2 tries on jaxlib 0.10.2; it runs on 0.12.0.1). With a one-thread pool it
+(4 of 5 tries on jaxlib 0.10.2; it runs on 0.12.0.1). With a one-thread pool it
 runs. The pool's size is read from the process's CPU affinity when the CPU
 backend starts, so :func:`guard_cpu` starts the backend while the process is
 pinned to one core, then restores the affinity — only on an affected jaxlib
