@@ -40,6 +40,7 @@ __all__ = [
     "get_optimizer",
     "muon",
     "normalized_gd",
+    "optimizer_options",
     "shampoo",
     "sign_gd",
     "spectral_gd",
@@ -232,9 +233,11 @@ def muon(
     Momentum here sums gradients (``optax.trace``) where Jordan's reference code
     averages them; the polar factor is scale invariant, so the updates agree.
     """
-    if not 0 <= momentum < 1:
+    # momentum and weight_decay may be traced (a sweep's option axes vmap over them):
+    # concrete values are checked here, traced ones were checked before tracing.
+    if not isinstance(momentum, jax.core.Tracer) and not 0 <= momentum < 1:
         raise ValueError(f"momentum must lie in [0, 1), got {momentum=}")
-    if weight_decay < 0:
+    if not isinstance(weight_decay, jax.core.Tracer) and not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay=}")
     if method == "svd" and steps == 5:
         steps = None  # the default step count means nothing to the exact method
@@ -285,3 +288,19 @@ def get_optimizer(name: str, learning_rate, **kwargs) -> optax.GradientTransform
         return factory(learning_rate, **kwargs)
     except TypeError as err:  # e.g. an unknown polar option passed through **kwargs
         raise ValueError(f"optimizer {name!r} got bad options {sorted(kwargs)}: {err}") from None
+
+
+def optimizer_options(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword options of a registered optimizer, ``**polar_kwargs`` expanded to the
+    options of :func:`specdyn.scale_by_polar` it passes them to."""
+    options = {}
+    for pname, p in inspect.signature(OPTIMIZERS[name]).parameters.items():
+        if pname == "learning_rate":
+            continue
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            if pname == "polar_kwargs":
+                for qname, q in inspect.signature(scale_by_polar).parameters.items():
+                    options.setdefault(qname, q)
+            continue
+        options[pname] = p
+    return options
