@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from specdyn.option_axes import OptionAxes, split_grid
 from specdyn.optimizers import OPTIMIZERS, get_optimizer, optimizer_options
+from specdyn.option_axes import OptionAxes, split_grid
 from specdyn.problem import data_fields, static_fields
 from specdyn.problems import get_problem, problem_names
 

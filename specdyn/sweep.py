@@ -49,8 +49,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from specdyn._cpu import warn_if_unguarded
-from specdyn.option_axes import OptionAxes, split_grid
 from specdyn.optimizers import OPTIMIZERS, get_optimizer
+from specdyn.option_axes import OptionAxes, split_grid
 from specdyn.problem import data_fields, is_problem, static_fields
 from specdyn.provenance import code_fingerprint, describe_callable, problem_fingerprint, provenance
 from specdyn.simulate import (
