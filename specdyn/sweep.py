@@ -552,10 +552,10 @@ def _run_cell(problem, recipe, lrs, rule, seeds, data_grid, data_combos, *, data
     Results come back in run order learning rate × option point × seed × data grid point.
     """
     groups = list(itertools.product(seeds, range(len(data_combos))))
-    rates = list(rule.multipliers if rule is not None else lrs)
+    inner = list(rule.multipliers if rule is not None else lrs)
     n_points = len(next(iter(options.values()))) if options else 1
     if options:  # inner runs: learning rate x option point
-        rates = list(np.repeat(rates, n_points))
+        inner = list(np.repeat(inner, n_points))
         options = {k: np.tile(np.asarray(v), len(lrs)) for k, v in options.items()}
     n_groups, n_lrs = len(groups), len(lrs) * n_points
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray([s for s, _ in groups]))
@@ -581,7 +581,7 @@ def _run_cell(problem, recipe, lrs, rule, seeds, data_grid, data_combos, *, data
             take(problems),
             keys[idx],
             recipe,
-            rates,
+            inner,
             rule=None if rule is None else rule.rule,
             steps=steps,
             record_every=record_every,
