@@ -249,7 +249,8 @@ def _list_text() -> str:
             lines += [" " * len(head) + part for part in notes[1:]]
     lines += [
         "",
-        "Optimizers: learning rates go in learning_rates; options in [options.<name>].",
+        "Optimizers: learning rates go in learning_rates; options in [options.<name>]; sweep an option",
+        'in [grid] as "<name>.<option>" = [...] (traceable numeric options are vmapped; others make cells).',
     ]
     for name, factory in OPTIMIZERS.items():
         lines.append("")

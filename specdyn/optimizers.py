@@ -162,9 +162,9 @@ def spectral_power(learning_rate, p: float = 0.5, *, rank_tol: float | None = No
     :func:`spectral_gd` (rank-aware: singular values ``<= rank_tol * s_max``
     dropped), p = 1 is :func:`gd`, values between interpolate. ``p`` is data (a
     float or a traced scalar): ``jax.vmap(lambda p: spectral_power(lr, p)...)``
-    compiles once. In a sweep, give each p its own optimizer entry (a factory
-    closure ``lambda lr: spectral_power(lr, 0.25)``, or ``[options.specpow]`` in a
-    sweep file); each entry is one compiled program. Matrix leaves only.
+    compiles once. In a sweep, the grid key ``"specpow.p"`` (an option axis, see
+    :mod:`specdyn.option_axes`) vmaps over p: one compiled program for all values.
+    Matrix leaves only.
     """
     return _keep_dtype(
         optax.chain(
