@@ -14,6 +14,7 @@ import json
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import xarray as xr
@@ -27,7 +28,35 @@ from specdyn.sweep import sweep, sweep_plan
 
 sweep_module = importlib.import_module("specdyn.sweep")  # sd.sweep, the function, shadows the module
 
-PROBLEM = sd.problems.MatrixLeastSquares(rows=4, cols=3, samples=6)
+
+
+@sd.problem
+class Regression:
+    """(1/2)·mean((WA − Y)²), Y = TA + noise: the cheapest problem to compile with a matrix
+    leaf (no QR, no SVD in its metrics), so the test's compiled programs stay few and small."""
+
+    rows: int = sd.static(4)
+    cols: int = sd.static(3)
+    noise: float = 0.0
+
+    def init(self, key):
+        return {"W": 0.1 * jax.random.normal(key, (self.rows, self.cols))}
+
+    def sample(self, key):
+        ka, kt, ke = jax.random.split(key, 3)
+        a = jax.random.normal(ka, (self.cols, 8))
+        t = jax.random.normal(kt, (self.rows, self.cols))
+        return {"A": a, "Y": t @ a + self.noise * jax.random.normal(ke, (self.rows, 8)), "T": t}
+
+    def loss(self, params, data):
+        r = params["W"] @ data["A"] - data["Y"]
+        return 0.5 * jnp.mean(r * r)
+
+    def metrics(self, params, data):
+        return {"loss": self.loss(params, data), "distance": jnp.linalg.norm(params["W"] - data["T"])}
+
+
+PROBLEM = Regression()
 MOMENTA = [0.5, 0.9, 0.95]
 BASE = dict(learning_rates=[0.05, 0.2], seeds=[0, 1], steps=6, record_every=3, progress=False)
 GRID = {"noise": [0.0, 0.1], "muon.method": ["svd", "newton_schulz"], "muon.momentum": MOMENTA}
@@ -62,13 +91,15 @@ def test_dataset_has_one_dim_per_axis_and_other_optimizers_broadcast(axes):
     assert float(abs(muon.isel({"muon.momentum": 0}) - muon.isel({"muon.momentum": 2})).max()) > 1e-3
 
 
-@pytest.mark.parametrize("method, momentum", [("svd", 0.9), ("newton_schulz", 0.5)])
-def test_option_axes_equal_separate_sweeps_with_fixed_options(axes, method, momentum):
+def test_option_axes_equal_a_separate_sweep_with_fixed_options(axes):
+    # the second value of each axis: a mix-up of the run order (learning rate x option point)
+    # or of the cells would put another run there (the first value of every axis would not tell)
     ds, _ = axes
+    method, momentum = "newton_schulz", 0.9
     fixed = functools.partial(sd.get_optimizer, "muon", method=method, momentum=momentum)
     alone = run(optimizers={"muon": fixed}, grid={"noise": GRID["noise"]})
     got = ds.sel({"optimizer": "muon", "muon.method": method, "muon.momentum": momentum})
-    for metric in ("loss", "distance", "nuclear_rank"):
+    for metric in ("loss", "distance"):
         np.testing.assert_allclose(got[metric].values, alone[metric].sel(optimizer="muon").values, rtol=1e-12, atol=0)
     np.testing.assert_array_equal(got["diverged_at"].values, alone["diverged_at"].sel(optimizer="muon").values)
 
