@@ -301,7 +301,6 @@ def _prepare(problem, *, optimizers, learning_rates, seeds, grid, steps, record_
         factories=factories, names=names, rules=rules, lrs=lrs, seeds=seed_list, static_grid=static_grid,
         data_grid=data_grid, data_combos=data_combos, cells=cells, axes=axes, n_static=len(static_combos),
         recipes=[_recipe(axes.factory(n, factories[n], o)) for n, _, o in cells],
-        n_runs=len(lrs[names[0]]) * len(seed_list) * len(data_combos),  # per cell, times its data option points
     )
 
 
