@@ -393,7 +393,8 @@ def sweep(
       progress: show a tqdm progress bar over run-steps.
       fresh: discard what ``store`` holds instead of resuming.
       batch_size: most runs per program call (default: from device memory), rounded down to
-        whole groups (all learning rates of one seed and data grid point), at least one group.
+        whole groups (all learning rates and data option points of one seed and data grid
+        point), at least one group.
       provenance: extra entries for the results' provenance (the CLI passes
         ``sweep_file_text``); see :func:`specdyn.provenance.provenance`.
 
