@@ -188,8 +188,9 @@ def sign_gd(learning_rate) -> optax.GradientTransformation:
 
 @_recognisable
 def adam(learning_rate, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0):
-    """Adam (``optax.adam``), or AdamW when ``weight_decay`` > 0."""
-    if weight_decay:
+    """Adam (``optax.adam``), or AdamW when ``weight_decay`` > 0 or traced (a sweep's
+    option axis: AdamW at 0 adds exactly 0·W, so it equals Adam)."""
+    if isinstance(weight_decay, jax.core.Tracer) or weight_decay:
         return _keep_dtype(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
     return _keep_dtype(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps))
 
