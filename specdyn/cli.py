@@ -249,7 +249,8 @@ def _list_text() -> str:
             lines += [" " * len(head) + part for part in notes[1:]]
     lines += [
         "",
-        "Optimizers: learning rates go in learning_rates; options in [options.<name>].",
+        "Optimizers: learning rates go in learning_rates; options in [options.<name>]; sweep an option",
+        'in [grid] as "<name>.<option>" = [...] (traceable numeric options are vmapped; others make cells).',
     ]
     for name, factory in OPTIMIZERS.items():
         lines.append("")
@@ -348,9 +349,9 @@ def _bytes_text(n: float) -> str:
 
 def _plan_text(plans) -> str:
     """The cells of a sweep plan (``specdyn.sweep.sweep_plan``) as a table."""
-    header = ["cell", "optimizer", "static fields", "runs", "memory per group", "groups per call", "calls"]
+    header = ["cell", "optimizer", "static fields and options", "runs", "memory per group", "groups per call", "calls"]
     rows = [
-        [str(i), p.optimizer, " ".join(f"{k}={v}" for k, v in p.static.items()) or "-", str(p.runs),
+        [str(i), p.optimizer, " ".join(f"{k}={v}" for k, v in {**p.static, **p.options}.items()) or "-", str(p.runs),
          _bytes_text(p.bytes_per_group["total"]), f"{p.groups_per_call} of {p.groups}", str(p.calls)]
         for i, p in enumerate(plans)
     ]
@@ -433,7 +434,7 @@ def _cmd_sweep(args) -> None:
     line = _store_line(ds, out / "cells")
     if line:
         print(line)
-    print(f"{int(ds['diverged_at'].size)} runs in {seconds:.1f} s; results: {results}")
+    print(f"{spec.runs} runs in {seconds:.1f} s; results: {results}")
     for f in figures:
         print(f"figure: {f}")
 

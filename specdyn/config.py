@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from specdyn.optimizers import OPTIMIZERS, get_optimizer
+from specdyn.optimizers import OPTIMIZERS, get_optimizer, optimizer_options
+from specdyn.option_axes import OptionAxes, split_grid
 from specdyn.problem import data_fields, static_fields
 from specdyn.problems import get_problem, problem_names
 
@@ -134,13 +135,28 @@ def _duplicate(values):
     return None
 
 
+def _flat_grid(table: dict) -> dict:
+    """``table`` with its [grid]'s option axes written as dotted keys (``muon.momentum = [...]``,
+    a TOML sub-table) flattened to the quoted form (``"muon.momentum" = [...]``)."""
+    grid = table.get("grid")
+    if not isinstance(grid, dict) or not any(k in OPTIMIZERS and isinstance(v, dict) for k, v in grid.items()):
+        return table
+    flat = {}
+    for key, value in grid.items():
+        if key in OPTIMIZERS and isinstance(value, dict):
+            flat.update({f"{key}.{option}": v for option, v in value.items()})
+        else:
+            flat[key] = value
+    return {**table, "grid": flat}
+
+
 class _File:
     """One variant of a sweep file (full size, or with [smoke] merged): names keys as written."""
 
     def __init__(self, path: Path, raw: dict, smoke: bool):
         self.path = path
-        self.smoke = dict(raw.get("smoke", {})) if smoke else None
-        data = {k: v for k, v in raw.items() if k != "smoke"}
+        self.smoke = _flat_grid(dict(raw.get("smoke", {}))) if smoke else None
+        data = _flat_grid({k: v for k, v in raw.items() if k != "smoke"})
         for key, value in (self.smoke or {}).items():
             if key in _TABLES and isinstance(data.get(key), dict) and isinstance(value, dict):
                 data[key] = {**data[key], **value}
@@ -228,8 +244,17 @@ def _validate(f: _File) -> SweepSpec:
     if d["problem"] not in problem_names():
         f.fail(f"{f.key('problem')}: unknown problem {d['problem']!r} (known: {', '.join(problem_names())})")
     problem_cls = get_problem(d["problem"])
-    problem, grid = _problem_and_grid(f, problem_cls, d.get("fields", {}), d.get("grid", {}))
+    known = static_fields(problem_cls) + data_fields(problem_cls)
+    raw_grid = {}  # a table under a key that is no field: an option axis written as a dotted key
+    for key, value in d.get("grid", {}).items():
+        nested = isinstance(value, dict) and key not in known and value
+        raw_grid.update({f"{key}.{k}": v for k, v in value.items()} if nested else {key: value})
+    field_grid, option_grid = split_grid(raw_grid)
+    problem, grid = _problem_and_grid(f, problem_cls, d.get("fields", {}), field_grid)
     factories = _optimizers(f, names, d.get("options", {}))
+    axes = _option_axes(f, names, factories, option_grid)
+    grid.update({a.key: list(a.values) for a in axes.axes})
+    grid = {k: grid[k] for k in raw_grid}  # the file's order: the Dataset's dims
     lrs = _learning_rates(f, d["learning_rates"], names)
     seeds = _seeds(f, d["seeds"])
 
@@ -254,7 +279,11 @@ def _validate(f: _File) -> SweepSpec:
             f.fail(f"{f.table('plot', 'figures')} {err}")
 
     n_lr = len(lrs) if isinstance(lrs, list) else len(next(iter(lrs.values())))
-    statics = [k for k in grid if k in static_fields(problem_cls)]
+    statics = [k for k in field_grid if k in static_fields(problem_cls)]
+    n_seeds = seeds if isinstance(seeds, int) else len(seeds)
+    n_points = math.prod(len(v) for v in field_grid.values())
+    n_cells = math.prod(len(field_grid[k]) for k in statics)
+    size = lambda axes: math.prod(len(a.values) for a in axes)
     return SweepSpec(
         name=f.path.stem,
         description=d.get("description", ""),
@@ -270,8 +299,8 @@ def _validate(f: _File) -> SweepSpec:
         metrics=metrics,
         figures=figures,
         plottable=plottable,
-        runs=len(names) * n_lr * (seeds if isinstance(seeds, int) else len(seeds)) * math.prod(map(len, grid.values())),
-        cells=len(names) * math.prod(len(grid[k]) for k in statics),
+        runs=sum(n_lr * n_seeds * n_points * size(axes.of(n)) for n in names),
+        cells=sum(n_cells * size(axes.of(n, data=False)) for n in names),
     )
 
 
@@ -390,24 +419,6 @@ def _problem_and_grid(f: _File, problem_cls, fields: dict, grid_raw: dict):
     return problem, grid
 
 
-def optimizer_options(name: str) -> dict[str, inspect.Parameter]:
-    """The keyword options of a registered optimizer, ``**polar_kwargs`` expanded to the
-    options of :func:`specdyn.scale_by_polar` it passes them to."""
-    from specdyn.transforms import scale_by_polar
-
-    options = {}
-    for pname, p in inspect.signature(OPTIMIZERS[name]).parameters.items():
-        if pname == "learning_rate":
-            continue
-        if p.kind is inspect.Parameter.VAR_KEYWORD:
-            if pname == "polar_kwargs":
-                for qname, q in inspect.signature(scale_by_polar).parameters.items():
-                    options.setdefault(qname, q)
-            continue
-        options[pname] = p
-    return options
-
-
 def _optimizers(f: _File, names: list, options: dict) -> dict:
     for name, opts in options.items():
         label = f.table("options", name).rstrip("]") + f".{name}]"
@@ -437,6 +448,46 @@ def _optimizers(f: _File, names: list, options: dict) -> dict:
             f.fail(f"{label}: {err}")
         factories[name] = functools.partial(get_optimizer, name, **opts)
     return factories
+
+
+def _option_axes(f: _File, names: list, factories: dict, grid_raw: dict) -> OptionAxes:
+    """The [grid]'s option axes ``"<optimizer>.<option>"``: each value checked against the
+    option's declared type, then built (:class:`specdyn.option_axes.OptionAxes`)."""
+    grid = {}
+    for key, values in grid_raw.items():
+        table = f.table("grid", key)
+        name, _, option = key.partition(".")
+        if name not in names:
+            f.fail(
+                f"unknown optimizer {name!r} in key {key!r} in {table}: an option axis is "
+                f"'<optimizer>.<option>' with an optimizer of 'optimizers' ({', '.join(names)})"
+            )
+        allowed = optimizer_options(name)
+        if option == "learning_rate":
+            f.fail(f"key {key!r} in {table} sweeps learning rates; they go in key 'learning_rates'")
+        if option not in allowed:
+            known = ", ".join(allowed) or "none"
+            f.fail(f"unknown option {option!r} in key {key!r} in {table} (options of {name}: {known})")
+        label = f"option axis {key} in {table}"
+        if values == []:
+            f.fail(f"{label} is an empty array; give at least one value")
+        if not isinstance(values, list):
+            f.fail(f"{label} must be an array of values, got {show_value(values)}")
+        for v in values:
+            if isinstance(v, dict):
+                f.fail(f"each value of {label} must be a value or an array, not a table, got {show_value(v)}")
+            wrong = _type_problem(_field_value(v), allowed[option].annotation, allowed[option].default)
+            if wrong:
+                f.fail(f"each value of {label} {wrong}, got {show_value(v)}")
+        values = [_field_value(v) for v in values]
+        dup = _duplicate(values)
+        if dup is not None:
+            f.fail(f"{label} lists {show_value(dup)} twice")
+        grid[key] = values
+    try:
+        return OptionAxes(grid, factories)
+    except ValueError as err:
+        f.fail(f"{f.table('grid')}: {err}")
 
 
 def _rate_list(f: _File, values, label: str) -> list:

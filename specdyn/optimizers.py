@@ -40,6 +40,7 @@ __all__ = [
     "get_optimizer",
     "muon",
     "normalized_gd",
+    "optimizer_options",
     "shampoo",
     "sign_gd",
     "spectral_gd",
@@ -161,9 +162,9 @@ def spectral_power(learning_rate, p: float = 0.5, *, rank_tol: float | None = No
     :func:`spectral_gd` (rank-aware: singular values ``<= rank_tol * s_max``
     dropped), p = 1 is :func:`gd`, values between interpolate. ``p`` is data (a
     float or a traced scalar): ``jax.vmap(lambda p: spectral_power(lr, p)...)``
-    compiles once. In a sweep, give each p its own optimizer entry (a factory
-    closure ``lambda lr: spectral_power(lr, 0.25)``, or ``[options.specpow]`` in a
-    sweep file); each entry is one compiled program. Matrix leaves only.
+    compiles once. In a sweep, the grid key ``"specpow.p"`` (an option axis, see
+    :mod:`specdyn.option_axes`) vmaps over p: one compiled program for all values.
+    Matrix leaves only.
     """
     return _keep_dtype(
         optax.chain(
@@ -187,8 +188,9 @@ def sign_gd(learning_rate) -> optax.GradientTransformation:
 
 @_recognisable
 def adam(learning_rate, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0):
-    """Adam (``optax.adam``), or AdamW when ``weight_decay`` > 0."""
-    if weight_decay:
+    """Adam (``optax.adam``), or AdamW when ``weight_decay`` > 0 or traced (a sweep's
+    option axis: AdamW at 0 adds exactly 0·W, so it equals Adam)."""
+    if isinstance(weight_decay, jax.core.Tracer) or weight_decay:
         return _keep_dtype(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
     return _keep_dtype(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps))
 
@@ -232,9 +234,11 @@ def muon(
     Momentum here sums gradients (``optax.trace``) where Jordan's reference code
     averages them; the polar factor is scale invariant, so the updates agree.
     """
-    if not 0 <= momentum < 1:
+    # momentum and weight_decay may be traced (a sweep's option axes vmap over them):
+    # concrete values are checked here, traced ones were checked before tracing.
+    if not isinstance(momentum, jax.core.Tracer) and not 0 <= momentum < 1:
         raise ValueError(f"momentum must lie in [0, 1), got {momentum=}")
-    if weight_decay < 0:
+    if not isinstance(weight_decay, jax.core.Tracer) and not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay=}")
     if method == "svd" and steps == 5:
         steps = None  # the default step count means nothing to the exact method
@@ -285,3 +289,19 @@ def get_optimizer(name: str, learning_rate, **kwargs) -> optax.GradientTransform
         return factory(learning_rate, **kwargs)
     except TypeError as err:  # e.g. an unknown polar option passed through **kwargs
         raise ValueError(f"optimizer {name!r} got bad options {sorted(kwargs)}: {err}") from None
+
+
+def optimizer_options(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword options of a registered optimizer, ``**polar_kwargs`` expanded to the
+    options of :func:`specdyn.scale_by_polar` it passes them to."""
+    options = {}
+    for pname, p in inspect.signature(OPTIMIZERS[name]).parameters.items():
+        if pname == "learning_rate":
+            continue
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            if pname == "polar_kwargs":
+                for qname, q in inspect.signature(scale_by_polar).parameters.items():
+                    options.setdefault(qname, q)
+            continue
+        options[pname] = p
+    return options

@@ -91,6 +91,8 @@ class Recipe(NamedTuple):
 
     ``factory(rate, **dict(options))``; for a transformation that cannot be rebuilt,
     ``factory`` is None and ``fixed`` is the transformation itself (compiled per object).
+    ``rate`` may also be a dict ``{"learning_rate": rate, option: value, ...}``: traced
+    option values (a sweep's data option axes) that override ``options``.
     """
 
     factory: Callable | None
@@ -100,6 +102,9 @@ class Recipe(NamedTuple):
     def build(self, rate) -> optax.GradientTransformation:
         if self.factory is None:
             return self.fixed
+        if isinstance(rate, dict):
+            rate = dict(rate)
+            return self.factory(rate.pop("learning_rate"), **{**dict(self.options), **rate})
         return self.factory(rate, **dict(self.options))
 
 
@@ -455,6 +460,7 @@ def run_groups(
     budget: int | None = None,
     on_call: Callable[[int], None] | None = None,
     telemetry: int | None = None,
+    options: dict | None = None,
 ):
     """Train a batch of groups × learning rates through the cached programs.
 
@@ -471,6 +477,9 @@ def run_groups(
         after each call.
       telemetry: None, or k: also record the top k singular values of weights and
         gradients (:func:`record_metrics`); a static option of the chunk program.
+      options: ``{option: (rates,) values}``: optimizer options traced beside the
+        learning rates, one value per entry of ``rates`` (a sweep's data option axes;
+        see :meth:`Recipe.build`).
 
     Returns ``(records, state, rates)``: records ``{metric: (groups, rates, R, ...)}``
     as numpy arrays at :func:`record_steps`, the final :class:`RunState` (batched) and
@@ -489,7 +498,11 @@ def run_groups(
         else:
             rates = np.broadcast_to(np.asarray(rates, float), (n_groups, len(rates)))
         rates = jax.device_put(rates, shard)
-        state = _start_program(rates, params, recipe=recipe, shard=shard)
+        hyper = rates
+        if options:
+            widen = lambda v: jax.device_put(np.broadcast_to(np.asarray(v, float), rates.shape), shard)
+            hyper = {"learning_rate": rates, **{k: widen(v) for k, v in options.items()}}
+        state = _start_program(hyper, params, recipe=recipe, shard=shard)
         kept, done = [], 0
         # Calls are kept short (about _CALL_SECONDS of work) so that an interrupt (SIGINT,
         # raised between calls) stops a run within seconds: the steps per call start
@@ -500,7 +513,7 @@ def run_groups(
             record, count = calls.pop(0)
             began = time.perf_counter()
             state, recs = _chunk_program(
-                problems, rates, state, data, keys, record, count, recipe=recipe, shard=shard, telemetry=telemetry
+                problems, hyper, state, data, keys, record, count, recipe=recipe, shard=shard, telemetry=telemetry
             )
             if record.any():
                 kept.append({k: np.asarray(v)[:, :, record] for k, v in recs.items()})

@@ -1,7 +1,8 @@
 """Sweep storage: the resumable cell store, atomic writes, result files, Dataset assembly.
 
 A sweep's result is one Dataset with dims ``optimizer, lr, seed, <grid fields>,
-step`` (plus the axes of array-valued metrics), the coordinate
+step`` (grid fields include option axes such as ``muon.momentum``; plus the axes of
+array-valued metrics), the coordinate
 ``learning_rate(optimizer, lr)``, one variable per metric, ``diverged_at`` (the
 first step with a non-finite loss, -1 if none) and the sweep's full config as a
 JSON string in ``attrs["config"]``.

@@ -22,6 +22,11 @@ reproduces any run of a sweep.
 
 Learning rates may be given by a rule of the data (:class:`LearningRateRule`):
 ``lr = multiplier × rule(problem, data)``, computed per group inside the engine.
+
+Optimizer options are grid axes too (``"muon.momentum"``, ``"specgd.steps"``; see
+:mod:`specdyn.option_axes`): numeric options the optimizer can trace are vmapped
+beside the learning rates (a cell's runs are then learning rate × option point ×
+seed × data point), the others make cells, one per value.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from tqdm.auto import tqdm
 
 from specdyn._cpu import warn_if_unguarded
 from specdyn.optimizers import OPTIMIZERS, get_optimizer
+from specdyn.option_axes import OptionAxes, split_grid
 from specdyn.problem import data_fields, is_problem, static_fields
 from specdyn.provenance import code_fingerprint, describe_callable, problem_fingerprint, provenance
 from specdyn.simulate import (
@@ -253,7 +259,8 @@ def _batched(problem, values_per_group: dict, n_groups: int):
 
 @dataclasses.dataclass(frozen=True)
 class CellPlan:
-    """How one cell of a sweep runs: its optimizer and static grid values, its runs and
+    """How one cell of a sweep runs: its optimizer, static grid values and static option
+    values (``options``), its runs and
     groups (runs sharing a seed and data grid point), the device bytes of one group
     (:func:`specdyn.simulate.group_bytes`), and groups per program call (``calls``
     sub-batches)."""
@@ -265,6 +272,7 @@ class CellPlan:
     bytes_per_group: dict
     groups_per_call: int
     calls: int
+    options: dict = dataclasses.field(default_factory=dict)  # static option axes: {"muon.method": "svd"}
 
 
 def _prepare(problem, *, optimizers, learning_rates, seeds, grid, steps, record_every, data, batch_size):
@@ -278,18 +286,21 @@ def _prepare(problem, *, optimizers, learning_rates, seeds, grid, steps, record_
     rules, plain_rates = _rules(learning_rates, names)
     lrs = _learning_rates(plain_rates, names)
     seed_list = _seeds(seeds)
-    static_grid, data_grid = _grid(problem, grid)
+    field_grid, option_grid = split_grid(grid)
+    static_grid, data_grid = _grid(problem, field_grid)
+    axes = OptionAxes(option_grid, factories)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int, got {batch_size=!r}")
     if data is not None and not (callable(data) or isinstance(data, Mapping)):
         raise ValueError(f"data must be a dict of arrays or a callable data(seed) -> dict, got {data!r}")
     static_combos = list(itertools.product(*static_grid.values()))
     data_combos = list(itertools.product(*data_grid.values()))
+    # cells: optimizer x static grid point x static option point (options {} without option axes)
+    cells = [(n, c, o) for n in names for c in static_combos for o in axes.cell_options(n)]
     return dict(
         factories=factories, names=names, rules=rules, lrs=lrs, seeds=seed_list, static_grid=static_grid,
-        data_grid=data_grid, data_combos=data_combos, cells=list(itertools.product(names, static_combos)),
-        recipes={n: _recipe(f) for n, f in factories.items()},
-        n_runs=len(lrs[names[0]]) * len(seed_list) * len(data_combos),
+        data_grid=data_grid, data_combos=data_combos, cells=cells, axes=axes, n_static=len(static_combos),
+        recipes=[_recipe(axes.factory(n, factories[n], o)) for n, _, o in cells],
     )
 
 
@@ -300,18 +311,20 @@ def _plan_cells(problem, setup, first_data, batch_size) -> list[CellPlan]:
     n_lrs = len(setup["lrs"][setup["names"][0]])
     n_groups = len(setup["seeds"]) * len(setup["data_combos"])
     out = []
-    for name, static_values in setup["cells"]:
+    for (name, static_values, options), recipe in zip(setup["cells"], setup["recipes"], strict=True):
         static = dict(zip(setup["static_grid"], static_values, strict=True))
         cell_problem = dataclasses.replace(problem, **static)
-        estimate = group_bytes(cell_problem, setup["recipes"][name], n_lrs, data=first_data)
-        check_memory(cell_problem, estimate, runs=n_lrs, available=available)
+        per_group = n_lrs * setup["axes"].data_options(name)[0]  # runs of a group: rates x data option points
+        estimate = group_bytes(cell_problem, recipe, per_group, data=first_data)
+        check_memory(cell_problem, estimate, runs=per_group, available=available)
         if batch_size:
-            cap = max(1, batch_size // n_lrs)
+            cap = max(1, batch_size // per_group)
         else:
             cap = max(1, int(0.5 * available * n_dev / estimate["total"]))
         size = min(n_groups, cap)
         size = math.ceil(size / n_dev) * n_dev  # equal shards on every device
-        out.append(CellPlan(name, static, setup["n_runs"], n_groups, estimate, size, math.ceil(n_groups / size)))
+        out.append(CellPlan(name, static, per_group * n_groups, n_groups, estimate, size, math.ceil(n_groups / size),
+                            options))
     return out
 
 
@@ -367,7 +380,11 @@ def sweep(
         multiplier × rule on its problem and data.
       seeds: a count n (seeds 0..n-1) or a list of ints.
       grid: ``{field: values}``; static fields make separate compiled cells,
-        data (float) fields are vmapped with seeds and learning rates.
+        data (float) fields are vmapped with seeds and learning rates. Keys
+        ``"<optimizer>.<option>"`` (``"muon.momentum"``) sweep an option of one of
+        ``optimizers`` (:mod:`specdyn.option_axes`): numeric options the optimizer can
+        trace are vmapped with the learning rates, others make cells; the Dataset gets
+        one dim per key, along which the other optimizers' runs are broadcast.
       steps, record_every: as in :func:`specdyn.simulate` (records at 0, r, 2r, ...
         and always at ``steps``).
       data: given data arrays replacing ``problem.sample``: a dict of arrays shared
@@ -376,7 +393,8 @@ def sweep(
       progress: show a tqdm progress bar over run-steps.
       fresh: discard what ``store`` holds instead of resuming.
       batch_size: most runs per program call (default: from device memory), rounded down to
-        whole groups (all learning rates of one seed and data grid point), at least one group.
+        whole groups (all learning rates and data option points of one seed and data grid
+        point), at least one group.
       provenance: extra entries for the results' provenance (the CLI passes
         ``sweep_file_text``); see :func:`specdyn.provenance.provenance`.
 
@@ -393,6 +411,7 @@ def sweep(
     _warn_host_devices()
     names, rules, lrs, seed_list = setup["names"], setup["rules"], setup["lrs"], setup["seeds"]
     static_grid, data_grid, factories = setup["static_grid"], setup["data_grid"], setup["factories"]
+    axes = setup["axes"]
     seed_data = {} if not callable(data) else {s: data(s) for s in seed_list}
     plans = _plan_cells(problem, setup, seed_data[seed_list[0]] if callable(data) else data, batch_size)
     config = {
@@ -402,7 +421,7 @@ def sweep(
         "optimizers": {n: _describe_factory(f) for n, f in factories.items()},
         "learning_rates": lrs,
         "seeds": seed_list,
-        "grid": _jsonable({**static_grid, **data_grid}),
+        "grid": _jsonable({**static_grid, **data_grid, **axes.coords()}),
         "grid_order": list((grid or {}).keys()),
         "steps": int(steps),
         "record_every": int(record_every),
@@ -413,6 +432,8 @@ def sweep(
             "optimizers": {n: _code_of(f) for n, f in factories.items()},
         },
     }
+    if axes.axes:
+        config["option_axes"] = axes.describe()
     if rules:
         config["learning_rate_rules"] = {n: _describe_factory(r.rule) for n, r in rules.items()}
         config["code"]["learning_rate_rules"] = {n: _code_of(r.rule) for n, r in rules.items()}
@@ -423,14 +444,14 @@ def sweep(
     run_provenance = _provenance(provenance)
     cell_store = None if store is None else CellStore(store, config, fresh=fresh, provenance=run_provenance)
 
-    n_runs, cells = setup["n_runs"], setup["cells"]
-    bar = tqdm(total=len(cells) * n_runs * steps, unit="run-step", unit_scale=True, disable=not progress)
+    cells = setup["cells"]
+    bar = tqdm(total=sum(p.runs for p in plans) * steps, unit="run-step", unit_scale=True, disable=not progress)
     results, from_store = [], 0
     try:
-        for index, (cell_plan, (name, static_values)) in enumerate(zip(plans, cells, strict=True)):
-            bar.set_description(
-                f"{name} " + " ".join(f"{k}={v}" for k, v in zip(static_grid, static_values, strict=True))
-            )
+        for index, (cell_plan, (name, _, _)) in enumerate(zip(plans, cells, strict=True)):
+            n_runs = cell_plan.runs
+            bar.set_description(f"{name} " + " ".join(f"{k}={v}" for k, v in {**cell_plan.static,
+                                                                              **cell_plan.options}.items()))
             if cell_store is not None and cell_store.has(index):
                 results.append(cell_store.load(index, runs=n_runs))
                 from_store += 1
@@ -439,7 +460,7 @@ def sweep(
             cell_problem = dataclasses.replace(problem, **cell_plan.static)
             arrays = _run_cell(
                 cell_problem,
-                setup["recipes"][name],
+                setup["recipes"][index],
                 lrs[name],
                 rules.get(name),
                 seed_list,
@@ -451,6 +472,7 @@ def sweep(
                 record_every=int(record_every),
                 size=cell_plan.groups_per_call,
                 bar=bar,
+                options=axes.data_options(name)[1],
             )
             if rules and name not in rules:
                 arrays["effective_learning_rate"] = np.repeat(np.asarray(lrs[name]), n_runs // len(lrs[name]))
@@ -459,13 +481,15 @@ def sweep(
             results.append(arrays)
     finally:
         bar.close()
+    results = axes.merge(results, names, n_static=setup["n_static"], n_lr=len(lrs[names[0]]), n_seed=len(seed_list),
+                         data_shape=tuple(len(v) for v in data_grid.values()))
     return assemble(
         problem_name=type(problem).__name__,
         names=names,
         learning_rates=lrs,
         seeds=seed_list,
         static_grid=static_grid,
-        data_grid=data_grid,
+        data_grid={**data_grid, **axes.coords()},  # option axes: dims after the data fields
         grid_order=list((grid or {}).keys()),
         steps_at=record_steps(steps, record_every),
         cells=results,
@@ -517,17 +541,23 @@ def _provenance(extra: Mapping | None) -> dict:
 
 
 def _run_cell(problem, recipe, lrs, rule, seeds, data_grid, data_combos, *, data, per_seed, steps, record_every,
-              size, bar):
+              size, bar, options=None):
     """All runs of one cell: {metric: (runs, records, ...)}, diverged_at (runs,) and, with a
     rule, effective_learning_rate (runs,).
 
     Runs form *groups*, one per (seed, data grid point), in that order; the
     learning rates of a group share its initial parameters and data (drawn once),
-    so a program maps over groups and, inside, over learning rates.
-    Results come back in run order learning rate × seed × data grid point.
+    so a program maps over groups and, inside, over learning rates and the points of
+    the data option axes (``options``: ``{option: (points,) values}``).
+    Results come back in run order learning rate × option point × seed × data grid point.
     """
     groups = list(itertools.product(seeds, range(len(data_combos))))
-    n_groups, n_lrs = len(groups), len(lrs)
+    inner = list(rule.multipliers if rule is not None else lrs)
+    n_points = len(next(iter(options.values()))) if options else 1
+    if options:  # inner runs: learning rate x option point
+        inner = list(np.repeat(inner, n_points))
+        options = {k: np.tile(np.asarray(v), len(lrs)) for k, v in options.items()}
+    n_groups, n_lrs = len(groups), len(lrs) * n_points
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray([s for s, _ in groups]))
     field_values = {f: [data_combos[c][j] for _, c in groups] for j, f in enumerate(data_grid)}
     problems = _batched(problem, field_values, n_groups)
@@ -551,7 +581,7 @@ def _run_cell(problem, recipe, lrs, rule, seeds, data_grid, data_combos, *, data
             take(problems),
             keys[idx],
             recipe,
-            rule.multipliers if rule is not None else lrs,
+            inner,
             rule=None if rule is None else rule.rule,
             steps=steps,
             record_every=record_every,
@@ -559,6 +589,7 @@ def _run_cell(problem, recipe, lrs, rule, seeds, data_grid, data_combos, *, data
             shard=shard,
             budget=budget,
             on_call=lambda n, real=real: bar.update(real * n_lrs * n),
+            options=options,
         )
         out = dict(records)
         out["diverged_at"] = np.asarray(state.diverged_at)

@@ -38,8 +38,12 @@ def test_there_are_sweep_files_for_every_paper():
 def test_sweep_file_is_valid(path, smoke):
     spec = load_sweep_file(path, smoke=smoke)
     for name, values in spec.grid.items():
+        optimizer, _, option = name.partition(".")  # an option axis "<optimizer>.<option>"
         for v in values:
-            dataclasses.replace(spec.problem, **{name: v})  # validation runs on construction
+            if option:
+                spec.optimizers[optimizer](1.0, **{option: v})  # builds with that option
+            else:
+                dataclasses.replace(spec.problem, **{name: v})  # validation runs on construction
     with jax.enable_x64(spec.x64):
         key = jax.random.PRNGKey(0)
         params = jax.eval_shape(spec.problem.init, key)
