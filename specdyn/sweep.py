@@ -58,6 +58,7 @@ from specdyn.simulate import (
     run_groups,
 )
 from specdyn.storage import CellStore, assemble
+from specdyn.telemetry import as_telemetry, telemetry_coords, telemetry_dims
 
 __all__ = ["CellPlan", "LearningRateRule", "sweep", "sweep_plan"]
 
@@ -267,11 +268,13 @@ class CellPlan:
     calls: int
 
 
-def _prepare(problem, *, optimizers, learning_rates, seeds, grid, steps, record_every, data, batch_size):
+def _prepare(problem, *, optimizers, learning_rates, seeds, grid, steps, record_every, data, batch_size,
+             telemetry=None):
     """Validate a sweep's arguments (ValueError naming the argument) and lay out its cells."""
     if not is_problem(problem):
         raise ValueError(f"problem must be an @sd.problem instance, got {problem!r}")
     check_run_lengths(steps, record_every)
+    telemetry = as_telemetry(telemetry)
     warn_if_unguarded()
     factories = _optimizer_factories(optimizers)
     names = list(factories)
@@ -290,6 +293,7 @@ def _prepare(problem, *, optimizers, learning_rates, seeds, grid, steps, record_
         data_grid=data_grid, data_combos=data_combos, cells=list(itertools.product(names, static_combos)),
         recipes={n: _recipe(f) for n, f in factories.items()},
         n_runs=len(lrs[names[0]]) * len(seed_list) * len(data_combos),
+        telemetry=telemetry,
     )
 
 
@@ -303,7 +307,8 @@ def _plan_cells(problem, setup, first_data, batch_size) -> list[CellPlan]:
     for name, static_values in setup["cells"]:
         static = dict(zip(setup["static_grid"], static_values, strict=True))
         cell_problem = dataclasses.replace(problem, **static)
-        estimate = group_bytes(cell_problem, setup["recipes"][name], n_lrs, data=first_data)
+        estimate = group_bytes(cell_problem, setup["recipes"][name], n_lrs, data=first_data,
+                               telemetry=setup["telemetry"])
         check_memory(cell_problem, estimate, runs=n_lrs, available=available)
         if batch_size:
             cap = max(1, batch_size // n_lrs)
@@ -326,13 +331,14 @@ def sweep_plan(
     record_every: int = 1,
     data=None,
     batch_size: int | None = None,
+    telemetry=None,
 ) -> list[CellPlan]:
     """The cells :func:`sweep` would run with these arguments, one :class:`CellPlan` each
     (runs, groups, bytes per group, groups per program call), without running anything.
     Raises the ValueError :func:`sweep` would, including for a cell whose one group
     cannot fit the device's memory."""
     setup = _prepare(problem, optimizers=optimizers, learning_rates=learning_rates, seeds=seeds, grid=grid,
-                     steps=steps, record_every=record_every, data=data, batch_size=batch_size)
+                     steps=steps, record_every=record_every, data=data, batch_size=batch_size, telemetry=telemetry)
     first = data(setup["seeds"][0]) if callable(data) else data
     return _plan_cells(problem, setup, first, batch_size)
 
@@ -352,6 +358,7 @@ def sweep(
     fresh: bool = False,
     batch_size: int | None = None,
     provenance: Mapping | None = None,
+    telemetry=None,
 ) -> xr.Dataset:
     """Run every (optimizer, learning rate, seed, grid point) of a grid.
 
@@ -379,6 +386,11 @@ def sweep(
         whole groups (all learning rates of one seed and data grid point), at least one group.
       provenance: extra entries for the results' provenance (the CLI passes
         ``sweep_file_text``); see :func:`specdyn.provenance.provenance`.
+      telemetry: None (off), an int k or an ``sd.Telemetry``: spectral telemetry as in
+        :func:`specdyn.simulate`, as variables with dims ``(..., step, leaf, sv)``,
+        ``(..., step, leaf, quantile)`` or ``(..., step, leaf)`` and coordinates
+        ``leaf`` (names), ``sv`` (1..k) and ``quantile`` (levels). Its settings are
+        part of the config, so a store recorded with other settings is refused.
 
     A cell whose one group cannot fit the device's memory (see :func:`sweep_plan`) is
     refused with a ValueError before anything runs. The Dataset's attrs hold the config
@@ -389,7 +401,8 @@ def sweep(
       ``xarray.Dataset`` (see :mod:`specdyn.storage`).
     """
     setup = _prepare(problem, optimizers=optimizers, learning_rates=learning_rates, seeds=seeds, grid=grid,
-                     steps=steps, record_every=record_every, data=data, batch_size=batch_size)
+                     steps=steps, record_every=record_every, data=data, batch_size=batch_size, telemetry=telemetry)
+    telemetry = setup["telemetry"]
     _warn_host_devices()
     names, rules, lrs, seed_list = setup["names"], setup["rules"], setup["lrs"], setup["seeds"]
     static_grid, data_grid, factories = setup["static_grid"], setup["data_grid"], setup["factories"]
@@ -416,6 +429,8 @@ def sweep(
     if rules:
         config["learning_rate_rules"] = {n: _describe_factory(r.rule) for n, r in rules.items()}
         config["code"]["learning_rate_rules"] = {n: _code_of(r.rule) for n, r in rules.items()}
+    if telemetry is not None:  # absent when off: stores written before telemetry existed stay valid
+        config["telemetry"] = telemetry.as_config()
     if data is not None:
         config["data"] = _data_digest(data)
         if callable(data):
@@ -451,6 +466,7 @@ def sweep(
                 record_every=int(record_every),
                 size=cell_plan.groups_per_call,
                 bar=bar,
+                telemetry=telemetry,
             )
             if rules and name not in rules:
                 arrays["effective_learning_rate"] = np.repeat(np.asarray(lrs[name]), n_runs // len(lrs[name]))
@@ -459,7 +475,7 @@ def sweep(
             results.append(arrays)
     finally:
         bar.close()
-    return assemble(
+    ds = assemble(
         problem_name=type(problem).__name__,
         names=names,
         learning_rates=lrs,
@@ -469,7 +485,7 @@ def sweep(
         grid_order=list((grid or {}).keys()),
         steps_at=record_steps(steps, record_every),
         cells=results,
-        metric_dims=getattr(type(problem), "metric_dims", {}) or {},
+        metric_dims={**(getattr(type(problem), "metric_dims", {}) or {}), **telemetry_dims(telemetry)},
         config=config,
         attrs={
             "devices": f"{jax.local_device_count()} x {jax.local_devices()[0].device_kind}",
@@ -478,6 +494,9 @@ def sweep(
             "cells_from_store": from_store,
         },
     )
+    if telemetry is not None:
+        ds = ds.assign_coords(telemetry_coords(telemetry, jax.eval_shape(problem.init, jax.random.PRNGKey(0))))
+    return ds
 
 
 def host_device_warning(backend: str, devices: int, jaxlib_version: str, limit_blas: str | None) -> str | None:
@@ -517,7 +536,7 @@ def _provenance(extra: Mapping | None) -> dict:
 
 
 def _run_cell(problem, recipe, lrs, rule, seeds, data_grid, data_combos, *, data, per_seed, steps, record_every,
-              size, bar):
+              size, bar, telemetry=None):
     """All runs of one cell: {metric: (runs, records, ...)}, diverged_at (runs,) and, with a
     rule, effective_learning_rate (runs,).
 
@@ -559,6 +578,7 @@ def _run_cell(problem, recipe, lrs, rule, seeds, data_grid, data_combos, *, data
             shard=shard,
             budget=budget,
             on_call=lambda n, real=real: bar.update(real * n_lrs * n),
+            telemetry=telemetry,
         )
         out = dict(records)
         out["diverged_at"] = np.asarray(state.diverged_at)
