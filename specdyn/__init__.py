@@ -32,6 +32,7 @@ from specdyn.simulate import simulate
 from specdyn.sweep import LearningRateRule
 from specdyn.sweep import sweep
 from specdyn.telemetry import Telemetry
+from specdyn.telemetry import telemetry_leaves
 from specdyn.transforms import normalize_frobenius
 from specdyn.transforms import scale_by_polar
 from specdyn.transforms import scale_by_shampoo
@@ -78,4 +79,5 @@ __all__ = [
     "stable_rank",
     "static",
     "sweep",
+    "telemetry_leaves",
 ]

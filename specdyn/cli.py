@@ -365,9 +365,9 @@ def _paired_lines(ds, metric, scores, grid_dims, points) -> list[str]:
     pairs = _paired_pairs(ds, scores)
     which = "each optimizer against gd" if pairs[0][1] == "gd" else "the best two optimizers"
     lines = [
-        f"paired comparison of {which} over seeds, each at its best rate (the rule above): "
-        f"final {metric} a - b (< 0: a lower), two-sided paired t-test (scipy.stats.ttest_rel), "
-        "p-value and 95% t-interval of the mean difference; seeds where either diverged left out",
+        f"paired comparison of {which}, each at its best rate (the rule above), by seed:",
+        f"final {metric} a - b (< 0: a lower); two-sided paired t-test (scipy.stats.ttest_rel),",
+        "its p-value and the 95% t-interval of the mean difference; seeds where either diverged left out",
     ]
     rows = []
     for a, b in pairs:

@@ -549,7 +549,8 @@ def simulate(
         ``"weights_quantile"`` (records, leaf, quantile), ``"weights_stable_rank"`` and
         ``"weights_nuclear_rank"`` (records, leaf), likewise ``grads_*``,
         ``polar_input_*``, ``update_*``, and ``"polar_orthogonality_error"``,
-        ``"polar_distance"`` (records, leaf); ``"leaf"`` holds the leaf names in order.
+        ``"polar_distance"`` (records, leaf); ``"leaf"`` holds the leaf names in order
+        (:func:`specdyn.telemetry.telemetry_leaves`; not under jit).
 
     Returns:
       dict of arrays: ``step`` (0, r, 2r, ... and ``steps``), ``loss`` and the
@@ -574,9 +575,7 @@ def simulate(
         out.update(records)
         out["diverged_at"] = state.diverged_at
         out["params"] = state.params
-        if telemetry is not None:
-            out["leaf"] = np.asarray(telemetry_leaves(state.params), dtype=str)
-        return out
+        return out  # no "leaf" names under jit (strings are not JAX values): sd.telemetry_leaves(params)
     check_memory(problem, group_bytes(problem, recipe, 1, key=key, data=data, params=params, telemetry=telemetry))
     records, state, _ = run_groups(
         _leading(problem),
