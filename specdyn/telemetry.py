@@ -214,20 +214,24 @@ def record_telemetry(problem, optimizer, params, opt_state, data, step_data, spe
     dtype = jnp.result_type(*[_stack(x).dtype for x in leaves.values()]) if leaves else jnp.float32
     blank = lambda n, *shape: jnp.full((n, *shape), jnp.nan, dtype)
 
-    out = {}
-    for c in spec.of:
-        per_leaf = []
-        for name, n in sizes.items():
-            x = trees[c].get(name)
-            if x is None:
-                parts = {"sv": blank(n, spec.top_k), "stable_rank": blank(n), "nuclear_rank": blank(n)}
-                if spec.quantiles:
-                    parts["quantile"] = blank(n, len(spec.quantiles))
+    # One batched SVD per leaf for all its categories (they share its shape): fewer
+    # library calls and sorts to compile than one per (leaf, category).
+    parts = {}  # (category, summary) -> per-leaf arrays
+    for name, n in sizes.items():
+        have = [c for c in spec.of if trees[c].get(name) is not None]
+        if have:
+            stacked = _summaries(jnp.concatenate([_stack(trees[c][name]).astype(dtype) for c in have]), spec)
+        for c in spec.of:
+            if c in have:
+                i = have.index(c)
+                got = {k: v[i * n:(i + 1) * n] for k, v in stacked.items()}
             else:
-                parts = _summaries(x, spec)
-            per_leaf.append(parts)
-        for part in per_leaf[0] if per_leaf else ():
-            out[f"{c}_{part}"] = jnp.concatenate([p[part].astype(dtype) for p in per_leaf])
+                got = {"sv": blank(n, spec.top_k), "stable_rank": blank(n), "nuclear_rank": blank(n)}
+                if spec.quantiles:
+                    got["quantile"] = blank(n, len(spec.quantiles))
+            for k, v in got.items():
+                parts.setdefault((c, k), []).append(v.astype(dtype))
+    out = {f"{c}_{k}": jnp.concatenate(v) for (c, k), v in parts.items()}
     if spec.polar_error:
         errors = []
         for name, n in sizes.items():
