@@ -174,10 +174,15 @@ def rf_runs(seed, mult):
 over = jax.vmap(jax.vmap(rf_runs, in_axes=(None, 0)), in_axes=(0, None))  # (seed, multiplier)
 runs2 = jax.jit(over)(np.arange(rf_size['seeds']), multipliers)
 loss2 = {name: np.asarray(r['loss']) for name, r in runs2.items()}  # (seed, multiplier, record)
-best2 = {name: int(np.argmin(loss[:, :, -1].mean(0))) for name, loss in loss2.items()}
-print('rule: each method at the rate multiplier (× 1/L_op) with the lowest seed-mean final loss')
+# a multiplier where any seed diverged (NaN) is never the best
+score2 = {name: np.where(np.isfinite(loss[:, :, -1]).all(0), loss[:, :, -1].mean(0), np.inf)
+          for name, loss in loss2.items()}
+best2 = {name: int(np.argmin(score)) for name, score in score2.items()}
+print('rule: each method at the rate multiplier (× 1/L_op) with the lowest seed-mean final loss among '
+      'multipliers where no seed diverged')
 table2 = pd.DataFrame({name: {
     'best multiplier': multipliers[b],
+    'diverged multipliers': int(np.sum(~np.isfinite(score2[name]))),
     'final loss': loss2[name][:, b, -1].mean(),
     'loss at step 4': loss2[name][:, b, 1].mean(),
     'nr(G) at step 0': np.asarray(runs2[name]['nuclear_rank'])[:, b, 0].mean(),
