@@ -31,6 +31,8 @@ from specdyn.problem import static
 from specdyn.simulate import simulate
 from specdyn.sweep import LearningRateRule
 from specdyn.sweep import sweep
+from specdyn.telemetry import Telemetry
+from specdyn.telemetry import telemetry_leaves
 from specdyn.transforms import normalize_frobenius
 from specdyn.transforms import scale_by_polar
 from specdyn.transforms import scale_by_shampoo
@@ -43,6 +45,7 @@ __all__ = [
     "OPTIMIZERS",
     "LearningRateRule",
     "Optimizer",
+    "Telemetry",
     "adam",
     "frobenius_norm",
     "gd",
@@ -76,4 +79,5 @@ __all__ = [
     "stable_rank",
     "static",
     "sweep",
+    "telemetry_leaves",
 ]

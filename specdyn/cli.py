@@ -337,7 +337,60 @@ def _summary(ds, metric: str = "loss") -> str:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     if len(rows) > len(shown):
         lines.append(f"... {len(rows) - len(shown)} more rows: read the results file for all of them")
+    lines += _paired_lines(ds, metric, scores, grid_dims, points)
     return "\n".join(lines)
+
+
+def _paired_pairs(ds, scores) -> list[tuple[str, str]]:
+    """The pairs the summary compares: each optimizer against GD when GD is in the sweep,
+    else the best two (lowest best seed-mean score, averaged over grid points)."""
+    import numpy as np
+
+    names = [str(o) for o in ds["optimizer"].values]
+    if "gd" in names:
+        return [(o, "gd") for o in names if o != "gd"]
+    best = {o: float(np.nanmean(scores.sel(optimizer=o).min("lr").values)) for o in names}
+    ranked = sorted(names, key=lambda o: (not np.isfinite(best[o]), best[o]))
+    return [(ranked[0], ranked[1])]
+
+
+def _paired_lines(ds, metric, scores, grid_dims, points) -> list[str]:
+    """The paired comparison (specdyn.results.paired_comparison) of the summary's pairs,
+    when the sweep has at least two optimizers and two seeds."""
+    import numpy as np
+
+    from specdyn.results import paired_comparison
+
+    if ds.sizes["optimizer"] < 2 or ds.sizes["seed"] < 2:
+        return []
+    pairs = _paired_pairs(ds, scores)
+    which = "each optimizer against gd" if pairs[0][1] == "gd" else "the best two optimizers"
+    lines = [
+        f"paired comparison of {which}, each at its best rate (the rule above), by seed:",
+        f"final {metric} a - b (< 0: a lower); two-sided paired t-test (scipy.stats.ttest_rel),",
+        "its p-value and the 95% t-interval of the mean difference; seeds where either diverged left out",
+    ]
+    rows = []
+    for a, b in pairs:
+        cmp = paired_comparison(ds, metric, a, b, mode="min", rule="final", test="t")
+        for point in points:
+            labels = [f"{d}={_fmt(ds[d].values[i]) if d in ds.coords else i}" for d, i in point.items()]
+            at = cmp.isel(point)
+            n = int(at["n"])
+            if n < 2:
+                rows.append("  " + " ".join([*labels, f"{a} - {b}: fewer than 2 seeds where both converged"]))
+                continue
+            mean, low, high, p = (float(at[k]) for k in ("mean_difference", "low", "high", "p_value"))
+            ptext = f"{p:.3g}" if np.isfinite(p) else "nan (all differences equal)"
+            rows.append(
+                "  " + " ".join([*labels, f"{a} - {b}: mean difference {mean:.4g} "
+                                 f"[{low:.4g}, {high:.4g}], p = {ptext}, n = {n} seeds"])
+            )
+    shown = rows[:_SUMMARY_ROWS]
+    lines += shown
+    if len(rows) > len(shown):
+        lines.append(f"... {len(rows) - len(shown)} more comparisons: use specdyn.results.paired_comparison")
+    return lines
 
 
 def _bytes_text(n: float) -> str:

@@ -50,11 +50,13 @@ _SCHEMA = {
     "grid": dict,
     "options": dict,
     "plot": dict,
+    "telemetry": dict,
     "batch_size": int,
     "smoke": dict,
 }
 _PLOT_SCHEMA = {"metrics": list, "figures": list}
-_TABLES = ("fields", "grid", "options", "plot")  # merged key by key by [smoke]
+_TELEMETRY_SCHEMA = {"top_k": int, "quantiles": list, "of": list, "polar_error": bool}
+_TABLES = ("fields", "grid", "options", "plot", "telemetry")  # merged key by key by [smoke]
 _REQUIRED = ("problem", "steps", "optimizers", "learning_rates", "seeds")
 _MAX_SEED = 2**32  # jax.random.PRNGKey takes a uint32 seed
 _MAX_CHECKED_GRID_POINTS = 4096
@@ -77,6 +79,7 @@ class SweepSpec:
     batch_size: int | None
     metrics: list
     figures: list
+    telemetry: object = None  # an sd.Telemetry, or None (off)
     plottable: tuple = ()  # every metric the results will hold against step
     runs: int = 0  # optimizers x learning rates x seeds x grid points
     cells: int = 0  # compiled cells: optimizers x static grid points
@@ -90,6 +93,7 @@ class SweepSpec:
             steps=self.steps,
             record_every=self.record_every,
             batch_size=self.batch_size,
+            telemetry=self.telemetry,
         )
 
 
@@ -222,6 +226,8 @@ def load_sweep_file(path, *, smoke: bool = False) -> SweepSpec:
     _check_types(path, raw.get("smoke", {}), {k: v for k, v in _SCHEMA.items() if k != "smoke"}, "[smoke] ")
     for table, label in ((raw, "[plot] "), (raw.get("smoke", {}), "[smoke.plot] ")):
         _check_types(path, table.get("plot", {}), _PLOT_SCHEMA, label)
+    for table, label in ((raw, "[telemetry] "), (raw.get("smoke", {}), "[smoke.telemetry] ")):
+        _check_types(path, table.get("telemetry", {}), _TELEMETRY_SCHEMA, label)
     full = _validate(_File(path, raw, smoke=False))
     if "smoke" not in raw:
         return full
@@ -257,6 +263,7 @@ def _validate(f: _File) -> SweepSpec:
     grid = {k: grid[k] for k in raw_grid}  # the file's order: the Dataset's dims
     lrs = _learning_rates(f, d["learning_rates"], names)
     seeds = _seeds(f, d["seeds"])
+    telemetry = _telemetry(f, d["telemetry"]) if "telemetry" in d else None
 
     x64 = d.get("x64", False)
     try:
@@ -296,6 +303,7 @@ def _validate(f: _File) -> SweepSpec:
         record_every=record_every,
         x64=x64,
         batch_size=d.get("batch_size"),
+        telemetry=telemetry,
         metrics=metrics,
         figures=figures,
         plottable=plottable,
@@ -312,6 +320,27 @@ def _check_run_lengths(f: _File, steps: int, record_every: int) -> None:
         check_run_lengths(steps, record_every)
     except ValueError as err:
         f.fail(str(err))
+
+
+def _telemetry(f: _File, table: dict):
+    """``[telemetry]`` (keys as :class:`specdyn.Telemetry`'s arguments) as a Telemetry."""
+    from specdyn.telemetry import Telemetry
+
+    for key, value in table.items():
+        label = f"key {key!r} in {f.table('telemetry', key)}"
+        if key == "of":
+            _strings(f, value, label)
+        if key == "quantiles":
+            for v in value:
+                if not _is_number(v) or not 0 <= v <= 1:
+                    f.fail(f"{label} must list quantile levels in [0, 1], got {show_value(v)} in {show_value(value)}")
+            dup = _duplicate(value)
+            if dup is not None:
+                f.fail(f"{label} lists {show_value(dup)} twice")
+    try:
+        return Telemetry(**{k: tuple(v) if isinstance(v, list) else v for k, v in table.items()})
+    except ValueError as err:
+        f.fail(f"{f.table('telemetry')}: {err}")
 
 
 def _strings(f: _File, values: list, label: str) -> list:

@@ -272,7 +272,8 @@ def paired_comparison(
         raise ValueError(f"a and b must be two different optimizers, got a=b={a!r}")
     best = best_learning_rate(ds, metric, mode=mode, rule=rule)  # validates metric, mode, rule
     scores = _per_seed_scores(best, metric, mode=mode, rule=rule)
-    sa, sb = scores.sel(optimizer=a, drop=True), scores.sel(optimizer=b, drop=True)
+    # drop only the optimizer label: with no grid dims, each chosen learning_rate is a scalar coordinate
+    sa, sb = (scores.sel(optimizer=name).drop_vars("optimizer") for name in (a, b))
     diff = (sa - sb).drop_vars(["lr", "learning_rate"], errors="ignore")
     dims = [d for d in diff.dims if d != "seed"]
     d = np.asarray(diff.transpose(*dims, "seed").values, float)

@@ -49,6 +49,7 @@ import optax
 from specdyn._cpu import blas_threads_limited, warn_if_unguarded
 from specdyn.optimizers import Optimizer
 from specdyn.problem import is_problem, static_fields
+from specdyn.telemetry import Telemetry, as_telemetry, record_telemetry, telemetry_leaves
 
 __all__ = [
     "SEGMENTS",
@@ -67,7 +68,6 @@ __all__ = [
     "run_segments",
     "sample_run",
     "simulate",
-    "spectral_telemetry",
     "start_run",
     "train_steps",
 ]
@@ -144,50 +144,30 @@ def start_run(optimizer: optax.GradientTransformation, params) -> RunState:
     )
 
 
-def check_telemetry(telemetry) -> None:
-    """``telemetry`` is None (off) or the number k >= 1 of top singular values to record."""
-    if telemetry is None:
-        return
-    if isinstance(telemetry, bool) or not isinstance(telemetry, int | np.integer) or telemetry < 1:
-        raise ValueError(
-            f"telemetry must be None (off) or the number of top singular values to record (an int >= 1), "
-            f"got {telemetry=!r}"
-        )
+def check_telemetry(telemetry) -> Telemetry | None:
+    """``telemetry`` as a :class:`specdyn.telemetry.Telemetry` (None: off; an int k:
+    ``Telemetry(top_k=k)``); anything else raises ValueError naming it."""
+    return as_telemetry(telemetry)
 
 
-def spectral_telemetry(params, grads, top_k: int) -> dict:
-    """The ``top_k`` largest singular values of every matrix leaf (ndim >= 2, last two
-    axes) of the weights and of the gradient, descending; NaN-padded past min(m, n).
-
-    Keys ``"weights_sv/<leaf>"`` and ``"grads_sv/<leaf>"`` (``<leaf>`` the leaf's
-    path, e.g. ``['W']``); values of shape ``leaf.shape[:-2] + (top_k,)``.
-    """
-    out = {}
-    for name, tree in (("weights_sv", params), ("grads_sv", grads)):
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-            if jnp.ndim(leaf) < 2:
-                continue
-            x = leaf.astype(jnp.float32) if jnp.finfo(leaf.dtype).bits < 32 else leaf  # no half-precision SVD
-            s = jnp.linalg.svd(x, compute_uv=False)[..., :top_k]
-            pad = [(0, 0)] * (s.ndim - 1) + [(0, top_k - s.shape[-1])]
-            out[f"{name}/{jax.tree_util.keystr(path)}"] = jnp.pad(s, pad, constant_values=jnp.nan)
-    return out
-
-
-def record_metrics(problem, state: RunState, data, telemetry: int | None = None) -> dict:
+def record_metrics(problem, state: RunState, data, telemetry: Telemetry | None = None, optimizer=None,
+                   key=None) -> dict:
     """The record of a run at its current step: ``loss`` and the problem's metrics of
-    ``state.params`` (NaN once the run has diverged). Reads ``params``, ``step`` and
-    ``diverged_at`` only, never the optimizer's state.
+    ``state.params`` (NaN once the run has diverged). Without telemetry it reads
+    ``params``, ``step`` and ``diverged_at`` only, never the optimizer's state.
 
-    With ``telemetry = k`` it also records :func:`spectral_telemetry`: the top k
-    singular values of each matrix leaf of the weights and of the full-data
-    gradient at those weights. Off (None), nothing of it is traced or compiled."""
+    With a :class:`specdyn.telemetry.Telemetry` it also records
+    :func:`specdyn.telemetry.record_telemetry` of the state: singular-value summaries
+    of weights, full-data gradient, the optimizer's polar input and update (the
+    ``optimizer``'s update evaluated and discarded; a problem's minibatch from
+    ``key`` as in :func:`train_steps`). Off (None), nothing of it is traced or compiled."""
     out = dict(problem.metrics(state.params, data))
     if "loss" not in out:
         out = {"loss": problem.loss(state.params, data), **out}
     if telemetry is not None:
-        grads = jax.grad(problem.loss)(state.params, data)
-        out.update(spectral_telemetry(state.params, grads, telemetry))
+        batch = getattr(problem, "batch", None)
+        step_data = data if batch is None else batch(data, jax.random.fold_in(key, state.step))
+        out.update(record_telemetry(problem, optimizer, state.params, state.opt_state, data, step_data, telemetry))
     dead = (state.diverged_at >= 0) & (state.step >= state.diverged_at)
 
     def blank(x):
@@ -232,7 +212,7 @@ def run_segments(problem, optimizer, state: RunState, data, key, record, count, 
     length, shared by every run of a batch, so a skipped record is a real branch.
     ``telemetry``: see :func:`record_metrics`.
     Returns the new state and the records stacked along axis 0."""
-    take = lambda s: record_metrics(problem, s, data, telemetry)
+    take = lambda s: record_metrics(problem, s, data, telemetry, optimizer, key)
     shapes = jax.eval_shape(take, state)
     skip = lambda s: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
 
@@ -338,14 +318,15 @@ def _group_shapes(problem_spec, key_spec, data_spec, params_spec, recipe: Recipe
 
     def shapes(problem, key, data, params):
         params, data = sample_run(problem, key, data, params)
-        state = start_run(recipe.build(jnp.asarray(1.0)), params)
-        return params, data, state.opt_state, record_metrics(problem, state, data, telemetry)
+        optimizer = recipe.build(jnp.asarray(1.0))
+        state = start_run(optimizer, params)
+        return params, data, state.opt_state, record_metrics(problem, state, data, telemetry, optimizer, key)
 
     return jax.eval_shape(shapes, *(rebuild(s) for s in (problem_spec, key_spec, data_spec, params_spec)))
 
 
 def group_bytes(problem, recipe: Recipe, rates: int, *, key=None, data=None, params=None,
-                telemetry: int | None = None) -> dict[str, int]:
+                telemetry: Telemetry | None = None) -> dict[str, int]:
     """Device bytes of one group of ``rates`` runs (one program call), from ``jax.eval_shape``
     (nothing is allocated): ``params`` and ``optimizer state`` of every run, the group's
     ``data`` and initial parameters once, ``records`` of one call (:data:`SEGMENTS`
@@ -459,7 +440,7 @@ def run_groups(
     shard=None,
     budget: int | None = None,
     on_call: Callable[[int], None] | None = None,
-    telemetry: int | None = None,
+    telemetry: Telemetry | None = None,
     options: dict | None = None,
 ):
     """Train a batch of groups × learning rates through the cached programs.
@@ -475,8 +456,8 @@ def run_groups(
       budget: most steps per program call (see :func:`plan`); calls are also kept to about
         half a second of work, so that SIGINT stops a run within seconds; ``on_call(steps)``
         after each call.
-      telemetry: None, or k: also record the top k singular values of weights and
-        gradients (:func:`record_metrics`); a static option of the chunk program.
+      telemetry: None, or a :class:`specdyn.telemetry.Telemetry`: also record spectral
+        telemetry (:func:`record_metrics`); a static option of the chunk program.
       options: ``{option: (rates,) values}``: optimizer options traced beside the
         learning rates, one value per entry of ``rates`` (a sweep's data option axes;
         see :meth:`Recipe.build`).
@@ -551,7 +532,7 @@ def _leading(tree):
 
 
 def simulate(
-    problem, optimizer, *, key, steps: int, record_every: int = 1, data=None, params=None, telemetry: int | None = None
+    problem, optimizer, *, key, steps: int, record_every: int = 1, data=None, params=None, telemetry=None
 ) -> dict:
     """Train ``problem`` with ``optimizer`` for ``steps`` steps: a sweep of one run.
 
@@ -573,10 +554,16 @@ def simulate(
       record_every: record every r steps (and always at the last step); r <= steps.
       data: a data dict replacing ``problem.sample(data key)`` (to run on given arrays).
       params: initial parameters replacing ``problem.init(init key)``.
-      telemetry: None (default: off, nothing extra compiled), or k: also record,
-        per matrix leaf, the top k singular values of the weights
-        (``"weights_sv/<leaf>"``) and of the full-data gradient (``"grads_sv/<leaf>"``),
-        shape (records, ..., k); see :func:`spectral_telemetry`.
+      telemetry: None (default: off, nothing extra compiled), an int k (the same as
+        ``sd.Telemetry(top_k=k)``) or an ``sd.Telemetry``: also record, per matrix of
+        the parameters, singular-value summaries of the weights, the full-data
+        gradient, the optimizer's polar input and its update, and the polar step's
+        errors (:mod:`specdyn.telemetry`): ``"weights_sv"`` of shape (records, leaf, k),
+        ``"weights_quantile"`` (records, leaf, quantile), ``"weights_stable_rank"`` and
+        ``"weights_nuclear_rank"`` (records, leaf), likewise ``grads_*``,
+        ``polar_input_*``, ``update_*``, and ``"polar_orthogonality_error"``,
+        ``"polar_distance"`` (records, leaf); ``"leaf"`` holds the leaf names in order
+        (:func:`specdyn.telemetry.telemetry_leaves`; not under jit).
 
     Returns:
       dict of arrays: ``step`` (0, r, 2r, ... and ``steps``), ``loss`` and the
@@ -591,9 +578,8 @@ def simulate(
             f"optimizer must be an optax.GradientTransformation (e.g. sd.get_optimizer('gd', 0.1)), got {optimizer!r}"
         )
     check_run_lengths(steps, record_every)
-    check_telemetry(telemetry)
+    telemetry = check_telemetry(telemetry)
     warn_if_unguarded()
-    telemetry = None if telemetry is None else int(telemetry)
     steps, record_every = int(steps), int(record_every)
     out = {"step": jax.device_put(record_steps(steps, record_every).astype(np.int32))}
     recipe, rate = recipe_of(optimizer)
@@ -602,7 +588,7 @@ def simulate(
         out.update(records)
         out["diverged_at"] = state.diverged_at
         out["params"] = state.params
-        return out
+        return out  # no "leaf" names under jit (strings are not JAX values): sd.telemetry_leaves(params)
     check_memory(problem, group_bytes(problem, recipe, 1, key=key, data=data, params=params, telemetry=telemetry))
     records, state, _ = run_groups(
         _leading(problem),
@@ -619,4 +605,6 @@ def simulate(
     first = lambda tree: jax.tree.map(lambda x: x[0, 0], tree)
     out["diverged_at"] = first(state.diverged_at)
     out["params"] = first(state.params)
+    if telemetry is not None:
+        out["leaf"] = np.asarray(telemetry_leaves(out["params"]), dtype=str)
     return out

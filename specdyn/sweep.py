@@ -64,6 +64,7 @@ from specdyn.simulate import (
     run_groups,
 )
 from specdyn.storage import CellStore, assemble
+from specdyn.telemetry import as_telemetry, telemetry_coords, telemetry_dims
 
 __all__ = ["CellPlan", "LearningRateRule", "sweep", "sweep_plan"]
 
@@ -275,11 +276,13 @@ class CellPlan:
     options: dict = dataclasses.field(default_factory=dict)  # static option axes: {"muon.method": "svd"}
 
 
-def _prepare(problem, *, optimizers, learning_rates, seeds, grid, steps, record_every, data, batch_size):
+def _prepare(problem, *, optimizers, learning_rates, seeds, grid, steps, record_every, data, batch_size,
+             telemetry=None):
     """Validate a sweep's arguments (ValueError naming the argument) and lay out its cells."""
     if not is_problem(problem):
         raise ValueError(f"problem must be an @sd.problem instance, got {problem!r}")
     check_run_lengths(steps, record_every)
+    telemetry = as_telemetry(telemetry)
     warn_if_unguarded()
     factories = _optimizer_factories(optimizers)
     names = list(factories)
@@ -301,6 +304,7 @@ def _prepare(problem, *, optimizers, learning_rates, seeds, grid, steps, record_
         factories=factories, names=names, rules=rules, lrs=lrs, seeds=seed_list, static_grid=static_grid,
         data_grid=data_grid, data_combos=data_combos, cells=cells, axes=axes, n_static=len(static_combos),
         recipes=[_recipe(axes.factory(n, factories[n], o)) for n, _, o in cells],
+        telemetry=telemetry,
     )
 
 
@@ -315,7 +319,7 @@ def _plan_cells(problem, setup, first_data, batch_size) -> list[CellPlan]:
         static = dict(zip(setup["static_grid"], static_values, strict=True))
         cell_problem = dataclasses.replace(problem, **static)
         per_group = n_lrs * setup["axes"].data_options(name)[0]  # runs of a group: rates x data option points
-        estimate = group_bytes(cell_problem, recipe, per_group, data=first_data)
+        estimate = group_bytes(cell_problem, recipe, per_group, data=first_data, telemetry=setup["telemetry"])
         check_memory(cell_problem, estimate, runs=per_group, available=available)
         if batch_size:
             cap = max(1, batch_size // per_group)
@@ -339,13 +343,14 @@ def sweep_plan(
     record_every: int = 1,
     data=None,
     batch_size: int | None = None,
+    telemetry=None,
 ) -> list[CellPlan]:
     """The cells :func:`sweep` would run with these arguments, one :class:`CellPlan` each
     (runs, groups, bytes per group, groups per program call), without running anything.
     Raises the ValueError :func:`sweep` would, including for a cell whose one group
     cannot fit the device's memory."""
     setup = _prepare(problem, optimizers=optimizers, learning_rates=learning_rates, seeds=seeds, grid=grid,
-                     steps=steps, record_every=record_every, data=data, batch_size=batch_size)
+                     steps=steps, record_every=record_every, data=data, batch_size=batch_size, telemetry=telemetry)
     first = data(setup["seeds"][0]) if callable(data) else data
     return _plan_cells(problem, setup, first, batch_size)
 
@@ -365,6 +370,7 @@ def sweep(
     fresh: bool = False,
     batch_size: int | None = None,
     provenance: Mapping | None = None,
+    telemetry=None,
 ) -> xr.Dataset:
     """Run every (optimizer, learning rate, seed, grid point) of a grid.
 
@@ -397,6 +403,11 @@ def sweep(
         point), at least one group.
       provenance: extra entries for the results' provenance (the CLI passes
         ``sweep_file_text``); see :func:`specdyn.provenance.provenance`.
+      telemetry: None (off), an int k or an ``sd.Telemetry``: spectral telemetry as in
+        :func:`specdyn.simulate`, as variables with dims ``(..., step, leaf, sv)``,
+        ``(..., step, leaf, quantile)`` or ``(..., step, leaf)`` and coordinates
+        ``leaf`` (names), ``sv`` (1..k) and ``quantile`` (levels). Its settings are
+        part of the config, so a store recorded with other settings is refused.
 
     A cell whose one group cannot fit the device's memory (see :func:`sweep_plan`) is
     refused with a ValueError before anything runs. The Dataset's attrs hold the config
@@ -407,7 +418,8 @@ def sweep(
       ``xarray.Dataset`` (see :mod:`specdyn.storage`).
     """
     setup = _prepare(problem, optimizers=optimizers, learning_rates=learning_rates, seeds=seeds, grid=grid,
-                     steps=steps, record_every=record_every, data=data, batch_size=batch_size)
+                     steps=steps, record_every=record_every, data=data, batch_size=batch_size, telemetry=telemetry)
+    telemetry = setup["telemetry"]
     _warn_host_devices()
     names, rules, lrs, seed_list = setup["names"], setup["rules"], setup["lrs"], setup["seeds"]
     static_grid, data_grid, factories = setup["static_grid"], setup["data_grid"], setup["factories"]
@@ -437,6 +449,8 @@ def sweep(
     if rules:
         config["learning_rate_rules"] = {n: _describe_factory(r.rule) for n, r in rules.items()}
         config["code"]["learning_rate_rules"] = {n: _code_of(r.rule) for n, r in rules.items()}
+    if telemetry is not None:  # absent when off: stores written before telemetry existed stay valid
+        config["telemetry"] = telemetry.as_config()
     if data is not None:
         config["data"] = _data_digest(data)
         if callable(data):
@@ -473,6 +487,7 @@ def sweep(
                 size=cell_plan.groups_per_call,
                 bar=bar,
                 options=axes.data_options(name)[1],
+                telemetry=telemetry,
             )
             if rules and name not in rules:
                 arrays["effective_learning_rate"] = np.repeat(np.asarray(lrs[name]), n_runs // len(lrs[name]))
@@ -483,7 +498,7 @@ def sweep(
         bar.close()
     results = axes.merge(results, names, n_static=setup["n_static"], n_lr=len(lrs[names[0]]), n_seed=len(seed_list),
                          data_shape=tuple(len(v) for v in data_grid.values()))
-    return assemble(
+    ds = assemble(
         problem_name=type(problem).__name__,
         names=names,
         learning_rates=lrs,
@@ -493,7 +508,7 @@ def sweep(
         grid_order=list((grid or {}).keys()),
         steps_at=record_steps(steps, record_every),
         cells=results,
-        metric_dims=getattr(type(problem), "metric_dims", {}) or {},
+        metric_dims={**(getattr(type(problem), "metric_dims", {}) or {}), **telemetry_dims(telemetry)},
         config=config,
         attrs={
             "devices": f"{jax.local_device_count()} x {jax.local_devices()[0].device_kind}",
@@ -502,6 +517,9 @@ def sweep(
             "cells_from_store": from_store,
         },
     )
+    if telemetry is not None:
+        ds = ds.assign_coords(telemetry_coords(telemetry, jax.eval_shape(problem.init, jax.random.PRNGKey(0))))
+    return ds
 
 
 def host_device_warning(backend: str, devices: int, jaxlib_version: str, limit_blas: str | None) -> str | None:
@@ -541,7 +559,7 @@ def _provenance(extra: Mapping | None) -> dict:
 
 
 def _run_cell(problem, recipe, lrs, rule, seeds, data_grid, data_combos, *, data, per_seed, steps, record_every,
-              size, bar, options=None):
+              size, bar, options=None, telemetry=None):
     """All runs of one cell: {metric: (runs, records, ...)}, diverged_at (runs,) and, with a
     rule, effective_learning_rate (runs,).
 
@@ -590,6 +608,7 @@ def _run_cell(problem, recipe, lrs, rule, seeds, data_grid, data_combos, *, data
             budget=budget,
             on_call=lambda n, real=real: bar.update(real * n_lrs * n),
             options=options,
+            telemetry=telemetry,
         )
         out = dict(records)
         out["diverged_at"] = np.asarray(state.diverged_at)

@@ -7,6 +7,8 @@ The aliases in :mod:`specdyn.optimizers` chain them with a learning rate.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
 from typing import Any, NamedTuple
@@ -23,6 +25,7 @@ __all__ = [
     "ScaleByPolarState",
     "ScaleByShampooState",
     "normalize_frobenius",
+    "polar_tap",
     "scale_by_polar",
     "scale_by_shampoo",
     "scale_by_shape",
@@ -53,6 +56,31 @@ def unzip_tree(like, tree_of_tuples, n: int) -> tuple:
     treedef = jax.tree.structure(like)
     parts = treedef.flatten_up_to(tree_of_tuples)
     return tuple(jax.tree.unflatten(treedef, [t[i] for t in parts]) for i in range(n))
+
+
+# What scale_by_polar sees while a polar_tap() block traces an update (None outside one).
+_POLAR_TAP: contextvars.ContextVar[list | None] = contextvars.ContextVar("specdyn_polar_tap", default=None)
+
+
+@contextlib.contextmanager
+def polar_tap():
+    """Collect the polar steps of the updates traced inside the block.
+
+    Yields a list; every :func:`scale_by_polar` update evaluated inside appends
+    ``(inputs, factors, config)``: the tree it received (the polar input: the
+    gradient for SpecGD, the momentum for Muon; leaves routed elsewhere are
+    ``optax.MaskedNode``), the polar factors it computed (before any nuclear
+    scaling) and its :class:`specdyn.polar.PolarConfig`. Used by the training
+    engine's telemetry on an update it evaluates and discards; it changes no
+    computation, and outside a block costs nothing. The arrays belong to the
+    trace they were made in: use them inside it.
+    """
+    found: list = []
+    token = _POLAR_TAP.set(found)
+    try:
+        yield found
+    finally:
+        _POLAR_TAP.reset(token)
 
 
 def _inner(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -100,12 +128,14 @@ def scale_by_polar(
             scale = jnp.max(jnp.abs(g), axis=(-2, -1))
             x = safe_divide(g, scale[..., None, None])
             nuclear = _inner(p, x)
-            if nuclear_scaling:
-                p = p * (nuclear * scale)[..., None, None]
+            out = p * (nuclear * scale)[..., None, None] if nuclear_scaling else p
             rank = safe_divide(jnp.square(nuclear), jnp.sum(jnp.square(x), axis=(-2, -1)))
-            return p, rank
+            return out, rank, p
 
-        factors, ranks = unzip_tree(updates, jax.tree.map(one, updates), 2)
+        factors, ranks, raw = unzip_tree(updates, jax.tree.map(one, updates), 3)
+        tap = _POLAR_TAP.get()
+        if tap is not None:
+            tap.append((updates, raw, config))
         if diagnostics:
             state = ScaleByPolarState(nuclear_rank=ranks)
         return factors, state

@@ -373,3 +373,49 @@ def test_list_is_readable_in_100_columns(capsys):
         "no options",
     ):
         assert needle in out, needle
+
+
+def _three_optimizers(gd=True, grid=False):
+    """Final losses with a shared per-seed effect, three optimizers, two rates (rate 0 best)."""
+    rng = np.random.default_rng(3)
+    names = ["gd", "specgd", "muon"] if gd else ["adam", "specgd", "muon"]
+    points = 2 if grid else 1
+    base = rng.normal(1.0, 0.2, (1, 1, 5, points, 1))
+    loss = base + rng.normal(0.0, 0.05, (3, 2, 5, points, 2)) + np.array([0.0, 0.5])[None, :, None, None, None]
+    loss[1] -= 0.1  # specgd lowest, then gd/adam, then muon
+    loss[2] += 0.05
+    ds = xr.Dataset(
+        {"loss": (("optimizer", "lr", "seed", "width", "step"), loss),
+         "diverged_at": (("optimizer", "lr", "seed", "width"), np.full((3, 2, 5, points), -1))},
+        coords={"optimizer": names, "lr": [0, 1], "seed": np.arange(5), "step": [0, 10], "width": [4, 8][:points],
+                "learning_rate": (("optimizer", "lr"), np.tile([0.1, 0.3], (3, 1)))},
+    )
+    return ds if grid else ds.isel(width=0, drop=True)
+
+
+@pytest.mark.parametrize("gd", [True, False])
+def test_summary_prints_the_paired_comparison_at_the_best_rates(gd):
+    from scipy import stats
+
+    ds = _three_optimizers(gd)
+    text = cli._summary(ds)
+    assert "two-sided paired t-test (scipy.stats.ttest_rel)" in text
+    pairs = [("specgd", "gd"), ("muon", "gd")] if gd else [("specgd", "adam")]  # else: the best two
+    assert ("each optimizer against gd" if gd else "the best two optimizers") in text
+    for a, b in pairs:
+        xa, xb = (ds["loss"].sel(optimizer=o).isel(lr=0, step=-1).values for o in (a, b))
+        ref = stats.ttest_rel(xa, xb)
+        line = next(line for line in text.splitlines() if line.strip().startswith(f"{a} - {b}:"))
+        assert f"mean difference {np.mean(xa - xb):.4g}" in line and f"p = {ref.pvalue:.3g}" in line, line
+        assert "n = 5 seeds" in line
+    assert len([line for line in text.splitlines() if " - " in line and "mean difference" in line]) == len(pairs)
+    assert all(len(line) <= 100 for line in text.splitlines())
+    # one seed, or one optimizer: no comparison
+    assert "paired" not in cli._summary(ds.isel(seed=[0]))
+    assert "paired" not in cli._summary(ds.isel(optimizer=[0]))
+
+
+def test_summary_paired_comparison_per_grid_point():
+    ds = _three_optimizers(grid=True)
+    rows = [line for line in cli._summary(ds).splitlines() if "mean difference " in line]
+    assert len(rows) == 4 and rows[0].split()[0] == "width=4" and rows[1].split()[0] == "width=8"
