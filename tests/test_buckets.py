@@ -1,0 +1,199 @@
+"""Buckets: sizes of a padded field in one compiled program, equal to the unpadded runs.
+
+The reference of a padded run is the same sweep with ``buckets=None`` (one program
+per size, the programs sd.simulate uses; test_sweep checks those against simulate).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import xarray as xr
+from compile_log import count_compiles
+
+import specdyn as sd
+from specdyn import buckets as bucketing
+from specdyn.optimizers import get_optimizer
+from specdyn.problem import pad_instance
+from specdyn.simulate import record_metrics, sample_run, start_run, train_steps
+from specdyn.sweep import sweep_plan
+
+opt = lambda name, **kw: functools.partial(get_optimizer, name, **kw)
+
+# Every registry optimizer and polar method.
+EVERY = {
+    "gd": opt("gd"),
+    "specgd": opt("specgd"),
+    "specgd_ns": opt("specgd", method="newton_schulz"),
+    "specgd_pe": opt("specgd", method="polar_express"),
+    "specgd_nuclear": opt("specgd", nuclear_scaling=True),
+    "specpow": opt("specpow"),
+    "muon": opt("muon"),
+    "muon_svd": opt("muon", method="svd"),
+    "muon_pe": opt("muon", method="polar_express"),
+    "ngd": opt("ngd"),
+    "signgd": opt("signgd"),
+    "shampoo": opt("shampoo"),
+    "adam": opt("adam"),
+}
+FEW = {k: EVERY[k] for k in ("gd", "specgd", "muon")}
+
+
+def _padded_and_true(problem, bucket: dict, optimizers: dict, steps=4):
+    """{name: ((params, metrics) padded, (params, metrics) true)} after ``steps`` steps of
+    one run at the true size and of the same run zero-padded to ``bucket`` (true sizes as
+    data), for every optimizer, in one jitted program (one compile)."""
+    true_params, true_data = sample_run(problem, jax.random.PRNGKey(0))
+    like = bucketing.shapes_of(bucketing.at_sizes(problem, bucket))
+    params, data = bucketing.pad_tree(true_params, like[0]), bucketing.pad_tree(true_data, like[1])
+    padded = pad_instance(problem, bucket, {f: jnp.asarray(getattr(problem, f)) for f in bucket})
+
+    @jax.jit
+    def every(padded, params, data, true_params, true_data):
+        out = {}
+        for name, optimizer in optimizers.items():
+            out[name] = []
+            for prob, p, d in ((padded, params, data), (problem, true_params, true_data)):
+                state = train_steps(prob, optimizer, start_run(optimizer, p), d, jax.random.PRNGKey(0), steps)
+                out[name].append((state.params, record_metrics(prob, state, d)))
+        return out
+
+    return every(padded, params, data, true_params, true_data)
+
+
+def _assert_exact(problem, bucket, optimizers):
+    for name, ((pp, prec), (tp, trec)) in _padded_and_true(problem, bucket, optimizers).items():
+        for leaf_p, leaf_t in zip(jax.tree.leaves(pp), jax.tree.leaves(tp), strict=True):
+            block = tuple(slice(0, n) for n in leaf_t.shape)
+            np.testing.assert_allclose(leaf_p[block], leaf_t, rtol=1e-10, atol=1e-13, err_msg=name)
+            rest = np.asarray(leaf_p).copy()
+            rest[block] = 0
+            assert np.all(rest == 0), f"{name}: padded block not zero"
+        for key in trec:
+            np.testing.assert_allclose(prec[key], trec[key], rtol=1e-10, atol=1e-13, err_msg=f"{name} {key}")
+        assert np.isfinite(trec["loss"]) and trec["loss"] > 0
+        assert not np.allclose(tp[next(iter(tp))], sample_run(problem, jax.random.PRNGKey(0))[0][next(iter(tp))])
+
+
+def test_every_optimizer_and_polar_method_is_exact_on_phase_retrieval():
+    # dim 5 (not a power of two) padded to 7 and samples 9 to 12: two padded fields, W 5x5 -> 7x7
+    with jax.enable_x64(True):
+        problem = sd.problems.PhaseRetrieval(dim=5, samples=9, init_type="gaussian", init_scale=0.5)
+        _assert_exact(problem, {"dim": 7, "samples": 12}, {n: f(0.05) for n, f in EVERY.items()})
+
+
+def test_matrix_sensing_and_random_features_are_exact():
+    with jax.enable_x64(True):
+        sensing = sd.problems.MatrixSensing(dim=5, rank=2, width=3, measurements=30, init_scale=0.1)
+        _assert_exact(sensing, {"dim": 8, "width": 4, "measurements": 33}, {n: f(0.05) for n, f in FEW.items()})
+        features = sd.problems.RandomFeatures(dim=4, feature_dim=6, samples=10)
+        _assert_exact(features, {"feature_dim": 9, "samples": 12}, {n: f(0.1) for n, f in FEW.items()})
+
+
+def test_sweep_with_buckets_equals_simulate_at_each_true_size():
+    # two padded fields and a learning-rate rule (taken on the true-size data)
+    problem = sd.problems.PhaseRetrieval(dim=6, width=4, samples=9, init_type="gaussian")
+    rule = sd.LearningRateRule(lambda p, d: 0.1 / jnp.mean(d["y"] ** 2) ** 0.5, (0.5, 1.0))
+    grid = {"dim": [6, 8], "samples": [9, 11]}
+    args = dict(optimizers=["specgd"], learning_rates=rule, seeds=[4], grid=grid, steps=6, record_every=3)
+    buckets = {"dim": [8], "samples": [11]}
+    assert {p.bucket["dim"] for p in sweep_plan(problem, buckets=buckets, **args)} == {8}
+    ds = sd.sweep(problem, buckets=buckets, progress=False, **args)
+    for d, n in ((6, 9),):
+        true = sd.problems.PhaseRetrieval(dim=d, width=4, samples=n, init_type="gaussian")
+        params, data = sample_run(true, jax.random.PRNGKey(4))
+        lr = float(rule.rule(true, data))
+        run = ds.sel(dim=d, samples=n, seed=4).isel(optimizer=0, lr=1)
+        np.testing.assert_allclose(run["effective_learning_rate"], lr, rtol=1e-6)
+        out = sd.simulate(true, sd.spectral_gd(lr), key=jax.random.PRNGKey(4), steps=6, record_every=3)
+        for name in ("loss", "a", "b", "c", "alignment"):
+            np.testing.assert_allclose(run[name], out[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_five_sizes_in_one_bucket_compile_as_one_size_resume_and_diverge(tmp_path):
+    problem = sd.problems.PhaseRetrieval(dim=8, init_type="gaussian")
+    # two groups (seeds) of two rates per program call, whatever the cells
+    args = dict(optimizers=["gd"], learning_rates=[0.05, 50.0], seeds=2, steps=6, record_every=3, progress=False,
+                batch_size=4)
+    sizes = {"dim": [4, 5, 6, 7, 9]}
+    with count_compiles() as one:
+        reference = sd.sweep(problem, grid={"dim": [9]}, buckets=None, **args)
+    with count_compiles() as five:
+        ds = sd.sweep(problem, grid=sizes, buckets={"dim": [9]}, store=tmp_path, **args)
+    training = ("_start_program", "_chunk_program")
+    assert sum(five.count(n) for n in training) <= sum(one.count(n) for n in training) == 2
+    # lr 50 diverges at every size; dim 9 runs in the padded program as in its own
+    assert np.all(ds["diverged_at"].isel(lr=1).values >= 0) and np.all(ds["diverged_at"].isel(lr=0).values == -1)
+    xr.testing.assert_allclose(ds.sel(dim=[9]).drop_attrs(), reference.drop_attrs(), rtol=1e-5)
+    # resume: every cell from the store; lost cells run again in the bucket, same numbers
+    assert sd.sweep(problem, grid=sizes, buckets={"dim": [9]}, store=tmp_path, **args).attrs["cells_from_store"] == 5
+    (tmp_path / "cell-0001.npz").unlink()
+    (tmp_path / "cell-0003.npz").unlink()
+    with count_compiles() as again:
+        resumed = sd.sweep(problem, grid=sizes, buckets={"dim": [9]}, store=tmp_path, **args)
+    assert resumed.attrs["cells_from_store"] == 3 and not any(n in again for n in training)
+    xr.testing.assert_allclose(resumed.drop_attrs(), ds.drop_attrs())
+
+
+def test_svd_rank_tolerance_ignores_zero_padding():
+    # s = (1, 4e-15, 0, 0) at 5x4: the default tolerance max(m', n')·eps (m', n' the rows and
+    # columns not all zero) keeps 4e-15 (> 5·eps) in the 5x4 matrix and in its 40x30 padded
+    # copy alike, where max(40, 30)·eps would drop it. Counted by ‖UVᵀ‖²_F = rank kept.
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        u, _ = np.linalg.qr(rng.normal(size=(5, 4)))
+        v, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+        g = u @ np.diag([1.0, 4e-15, 0.0, 0.0]) @ v.T
+        big_g = np.pad(g, ((0, 35), (0, 26)))
+        eps = np.finfo(np.float64).eps
+        tx = sd.spectral_power(1.0, 0.0)
+        specpow = lambda x: -tx.update({"w": jnp.asarray(x)}, tx.init({"w": x}))[0]["w"]
+        for method in (sd.polar, specpow):
+            small, big = np.asarray(method(g)), np.asarray(method(big_g))
+            assert np.sum(small**2) == pytest.approx(2.0) and np.sum(big**2) == pytest.approx(2.0)
+            assert np.all(big[5:] == 0) and np.all(big[:, 4:] == 0)
+        assert np.sum(np.asarray(sd.polar(big_g, rank_tol=40 * eps)) ** 2) == pytest.approx(1.0)
+
+
+def _brute_force(flops, *, runs, steps, compile_seconds=1.0, rate=1e9):
+    sizes = sorted(flops)
+    best = None
+    for mask in range(2 ** (len(sizes) - 1)):  # bucket ends: the last size always ends one
+        ends = [s for i, s in enumerate(sizes[:-1]) if mask >> i & 1] + [sizes[-1]]
+        cost = len(ends) * compile_seconds + sum(runs * steps * flops[next(e for e in ends if e >= s)] / rate
+                                                  for s in sizes)
+        if best is None or cost < best[0]:
+            best = (cost, tuple(ends))
+    return best[1]
+
+
+def test_auto_buckets_cost_model():
+    flops = {8: 1e4, 16: 4e4, 32: 1.6e5, 64: 6.4e5}
+    # compiling dominates: one bucket; running dominates: one program per size
+    assert bucketing.auto_buckets(flops, flops, runs=4, steps=100) == (64,)
+    assert bucketing.auto_buckets(flops, flops, runs=4, steps=10**7) == (8, 16, 32, 64)
+    # in between: the small sizes share, the large one alone
+    # in between: the small sizes share a bucket, as a brute force over every split finds
+    for steps, want in ((1000, (32, 64)), (3000, (16, 32, 64))):
+        got = bucketing.auto_buckets(flops, flops, runs=4, steps=steps, compile_seconds=1.0, flops_per_second=1e9)
+        assert got == want == _brute_force(flops, runs=4, steps=steps)
+
+
+def test_who_pads_and_bad_buckets():
+    problem = sd.problems.PhaseRetrieval(dim=6)
+    args = dict(learning_rates=[0.1], seeds=1, steps=4, grid={"dim": [6, 8]})
+    plans = sweep_plan(problem, optimizers={"keller": opt("muon", shape_scaling="keller"), "gd": opt("gd"),
+                                           "mine": lambda lr: sd.gd(lr)}, buckets={"dim": [8]}, **args)
+    assert {p.optimizer: p.bucket for p in plans} == {"keller": None, "gd": {"dim": 8}, "mine": None}
+    assert all(p.bucket is None for p in sweep_plan(problem, optimizers=["gd"], buckets=None, **args))
+    # a problem that does not opt in keeps one program per size, with no error
+    plain = sd.problems.MatrixLeastSquares(rows=3, cols=3, samples=4)
+    assert all(p.bucket is None for p in sweep_plan(plain, optimizers=["gd"], learning_rates=[0.1], seeds=1,
+                                                    steps=2, grid={"samples": [4, 5]}))
+    for bad, message in [({"covariance": [8]}, "'covariance' is not a padded size"),
+                         ({"dim": [8, 6]}, r"buckets\['dim'\]=\[8, 6\]"), ({"dim": [0]}, "positive"),
+                         ("some", "buckets='some'"), ({"dim": [7]}, "no bucket for dim=8")]:
+        with pytest.raises(ValueError, match=message):
+            sweep_plan(problem, optimizers=["gd"], buckets=bad, **args)
