@@ -50,10 +50,11 @@ _SCHEMA = {
     "options": dict,
     "plot": dict,
     "batch_size": int,
+    "buckets": (str, dict),
     "smoke": dict,
 }
 _PLOT_SCHEMA = {"metrics": list, "figures": list}
-_TABLES = ("fields", "grid", "options", "plot")  # merged key by key by [smoke]
+_TABLES = ("fields", "grid", "options", "plot", "buckets")  # merged key by key by [smoke]
 _REQUIRED = ("problem", "steps", "optimizers", "learning_rates", "seeds")
 _MAX_SEED = 2**32  # jax.random.PRNGKey takes a uint32 seed
 _MAX_CHECKED_GRID_POINTS = 4096
@@ -79,6 +80,7 @@ class SweepSpec:
     plottable: tuple = ()  # every metric the results will hold against step
     runs: int = 0  # optimizers x learning rates x seeds x grid points
     cells: int = 0  # compiled cells: optimizers x static grid points
+    buckets: object = "auto"  # "auto", None or {field: (bucket sizes)}: see specdyn.buckets
 
     def sweep_kwargs(self) -> dict:
         return dict(
@@ -89,6 +91,7 @@ class SweepSpec:
             steps=self.steps,
             record_every=self.record_every,
             batch_size=self.batch_size,
+            buckets=self.buckets,
         )
 
 
@@ -253,6 +256,7 @@ def _validate(f: _File) -> SweepSpec:
         except ValueError as err:
             f.fail(f"{f.table('plot', 'figures')} {err}")
 
+    buckets = _buckets(f, problem, grid, d.get("buckets", "auto"))
     n_lr = len(lrs) if isinstance(lrs, list) else len(next(iter(lrs.values())))
     statics = [k for k in grid if k in static_fields(problem_cls)]
     return SweepSpec(
@@ -272,7 +276,32 @@ def _validate(f: _File) -> SweepSpec:
         plottable=plottable,
         runs=len(names) * n_lr * (seeds if isinstance(seeds, int) else len(seeds)) * math.prod(map(len, grid.values())),
         cells=len(names) * math.prod(len(grid[k]) for k in statics),
+        buckets=buckets,
     )
+
+
+def _buckets(f: _File, problem, grid: dict, value):
+    """``buckets = "auto" | "none"`` or a ``[buckets]`` table ``field = [sizes]`` (or "auto")."""
+    from specdyn.buckets import check_buckets
+
+    if isinstance(value, str):
+        if value.lower() not in ("auto", "none"):
+            f.fail(f'{f.key("buckets")} must be "auto", "none" or a table field = [sizes], got {show_value(value)}')
+        return None if value.lower() == "none" else "auto"
+    for field, sizes in value.items():
+        label = f"key {field!r} in {f.table('buckets', field)}"
+        if not (isinstance(sizes, list) or sizes == "auto"):
+            f.fail(f'{label} must be an array of sizes or "auto", got {show_value(sizes)}')
+        try:
+            check_buckets(problem, {field: sizes})
+        except ValueError as err:
+            f.fail(f"{label}: {err}")
+        if isinstance(sizes, list):
+            too_big = [v for v in grid.get(field, []) if isinstance(v, int) and v > sizes[-1]]
+            if too_big:
+                f.fail(f"{label} = {show_value(sizes)} holds no bucket for {field} = {too_big[0]} in "
+                       f"{f.table('grid', field)}: add a bucket >= {max(too_big)}")
+    return check_buckets(problem, value)
 
 
 def _check_run_lengths(f: _File, steps: int, record_every: int) -> None:

@@ -128,3 +128,34 @@ def test_who_pads_and_bad_buckets():
                          ("some", "buckets='some'"), ({"dim": [7]}, "no bucket for dim=8")]:
         with pytest.raises(ValueError, match=message):
             sweep_plan(problem, optimizers=["gd"], buckets=bad, **args)
+
+
+SWEEP_FILE = """
+problem = "phase_retrieval"
+steps = 4
+seeds = 1
+optimizers = ["gd"]
+learning_rates = [0.1]
+[grid]
+dim = [6, 8]
+"""
+
+
+@pytest.mark.parametrize("table, message", [
+    ('[buckets]\ndim = [6]', "key 'dim' in [buckets] = [6] holds no bucket for dim = 8"),
+    ('[buckets]\nspike = [6]', "key 'spike' in [buckets]: buckets key 'spike' is not a padded size"),
+    ('[buckets]\ndim = [8, 6]', "key 'dim' in [buckets]: buckets['dim'] must be ascending"),
+    ('buckets = "some"', 'key \'buckets\' must be "auto", "none"'),
+])
+def test_sweep_file_buckets_table(tmp_path, capsys, table, message):
+    from specdyn.cli import main
+    from specdyn.config import load_sweep_file
+
+    good = tmp_path / "good.toml"
+    good.write_text(SWEEP_FILE + "[buckets]\ndim = [8]\n")
+    assert load_sweep_file(good).sweep_kwargs()["buckets"] == {"dim": (8,)}
+    bad = tmp_path / "bad.toml"
+    bad.write_text(table + "\n" + SWEEP_FILE if table.startswith("buckets") else SWEEP_FILE + table + "\n")
+    assert main(["sweep", str(bad), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err and message in err, err
