@@ -32,15 +32,23 @@ sizes of a field, sorted, are split into contiguous buckets minimising
     Σ_buckets  COMPILE_SECONDS + runs · steps · flops(bucket size) / FLOPS_PER_SECOND
 
 with ``flops`` one training step of one run from XLA's cost analysis of the lowered
-step (nothing compiled). Constants measured on a 2-core x86 CPU (jaxlib 0.10.2,
-float32, phase retrieval d = 16..128, GD and SpecGD): a training program compiles
-in about 1.5 s (chunk + start programs of one cell), and the vmapped steps run at
-about 2e9 FLOP/s (see bench/RESULTS.md, "Dimensions in parallel").
+step (nothing compiled; when even one bucket at the largest size runs in less than a
+compile, that is the answer and only the largest size is lowered). Runs per size are
+learning rates × seeds × data grid points; each padded field is bucketed on its own,
+the other static fields at their first grid value, FLOPs summed over the optimizers.
+Constants measured by ``python bench/dimensions.py --small`` on the 2-core x86 CPU
+(jaxlib 0.10.2, float32, phase retrieval, GD and SpecGD with Newton-Schulz), shared
+with other jobs (load about 5): 7.4 s to compile one cell's training programs, and
+2.8e9 FLOP/s for the warm vmapped steps. Load slows both alike; what decides is
+their product, about 2e10 FLOPs: the work a compile is worth (bench/RESULTS.md,
+"Dimensions in parallel"). The constants are this CPU's: on a GPU, where steps are
+far cheaper, the model overrates padded work and buckets less than it could (GPU
+constants: to be measured).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from collections.abc import Mapping
 
 import jax
@@ -63,8 +71,8 @@ __all__ = [
     "step_flops",
 ]
 
-COMPILE_SECONDS = 1.5  # one cell's training programs (start + chunk), 2-core CPU
-FLOPS_PER_SECOND = 2e9  # vmapped training steps, 2-core CPU
+COMPILE_SECONDS = 7.0  # one cell's training programs (start + chunk), 2-core CPU under load
+FLOPS_PER_SECOND = 2.8e9  # warm vmapped training steps, same machine and load
 
 
 def check_buckets(problem, buckets):
@@ -152,7 +160,15 @@ def record_shapes(problem, key=None):
 
 def step_flops(problem, recipe: Recipe) -> float:
     """FLOPs of one training step of one run (XLA's cost analysis of the lowered step;
-    nothing is compiled)."""
+    nothing is compiled; cached per problem and recipe)."""
+    try:
+        return _step_flops(problem, recipe, bool(jax.config.jax_enable_x64))
+    except TypeError:  # an unhashable field value
+        return _step_flops.__wrapped__(problem, recipe, bool(jax.config.jax_enable_x64))
+
+
+@functools.lru_cache(maxsize=256)
+def _step_flops(problem, recipe: Recipe, x64: bool) -> float:
     params, data = shapes_of(problem)
 
     def step(params, data):
@@ -207,11 +223,14 @@ def resolve_buckets(problem, static_grid: dict, spec, *, recipes, runs: int, ste
         if rule == "auto":
             if len(sizes) < 2:
                 continue
-            flops = {}
-            for s in sizes:
-                at = dataclasses.replace(problem, **{**base, field: s})
-                flops[s] = sum(step_flops(at, r) for r in recipes)
-            bounds = auto_buckets(sizes, flops, runs=runs, steps=steps)
+            flops_at = lambda s, field=field: sum(step_flops(at_sizes(problem, {**base, field: s}), r)
+                                                  for r in recipes)
+            top = flops_at(sizes[-1])
+            if len(sizes) * runs * steps * top / FLOPS_PER_SECOND <= COMPILE_SECONDS:
+                bounds = (sizes[-1],)  # all padded to the largest cost less than a second compile
+            else:
+                flops = {s: flops_at(s) for s in sizes[:-1]} | {sizes[-1]: top}
+                bounds = auto_buckets(sizes, flops, runs=runs, steps=steps)
         else:
             bounds = rule
             too_big = [s for s in sizes if s > bounds[-1]]
