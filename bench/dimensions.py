@@ -97,7 +97,7 @@ def main(argv=None) -> None:
     print(f"cost model constants from 'none': {(cold - warm) / cells:.2f} s to compile one cell, "
           f"{steps * true_flops / warm:.2e} FLOP/s warm "
           f"(specdyn.buckets: COMPILE_SECONDS={bucketing.COMPILE_SECONDS}, "
-          f"FLOPS_PER_SECOND={bucketing.FLOPS_PER_SECOND:.0e})")
+          f"FLOPS_PER_SECOND={bucketing.FLOPS_PER_SECOND:.1e})")
 
 
 if __name__ == "__main__":
