@@ -27,7 +27,9 @@ from specdyn.polar import polar
 from specdyn.polar import polar_express_coefficients
 from specdyn.problem import problem
 from specdyn.problem import require
+from specdyn.problem import size_mask
 from specdyn.problem import static
+from specdyn.problem import true_size
 from specdyn.simulate import simulate
 from specdyn.sweep import LearningRateRule
 from specdyn.sweep import sweep
@@ -74,10 +76,12 @@ __all__ = [
     "shampoo",
     "sign_gd",
     "simulate",
+    "size_mask",
     "spectral_gd",
     "spectral_power",
     "stable_rank",
     "static",
     "sweep",
     "telemetry_leaves",
+    "true_size",
 ]

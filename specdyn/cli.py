@@ -408,9 +408,14 @@ def _plan_text(plans) -> str:
          _bytes_text(p.bytes_per_group["total"]), f"{p.groups_per_call} of {p.groups}", str(p.calls)]
         for i, p in enumerate(plans)
     ]
+    if any(getattr(p, "bucket", None) for p in plans):  # cells sharing a padded program
+        header.append("bucket")
+        for row, p in zip(rows, plans, strict=True):
+            row.append(" ".join(f"{k}<={v}" for k, v in p.bucket.items()) if p.bucket else "-")
     shown = rows[:_SUMMARY_ROWS]
     widths = [max(len(r[i]) for r in [header, *shown]) for i in range(len(header))]
-    lines = ["plan (memory per group: an estimate with working headroom; calls: batches per cell):"]
+    lines = ["plan (memory per group: an estimate with working headroom; calls: batches per cell; a bucket: "
+             "cells that run zero-padded in one program):"]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *shown]]
     if len(rows) > len(shown):
         lines.append(f"  ... {len(rows) - len(shown)} more cells")

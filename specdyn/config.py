@@ -52,11 +52,12 @@ _SCHEMA = {
     "plot": dict,
     "telemetry": dict,
     "batch_size": int,
+    "buckets": (str, dict),
     "smoke": dict,
 }
 _PLOT_SCHEMA = {"metrics": list, "figures": list}
 _TELEMETRY_SCHEMA = {"top_k": int, "quantiles": list, "of": list, "polar_error": bool}
-_TABLES = ("fields", "grid", "options", "plot", "telemetry")  # merged key by key by [smoke]
+_TABLES = ("fields", "grid", "options", "plot", "telemetry", "buckets")  # merged key by key by [smoke]
 _REQUIRED = ("problem", "steps", "optimizers", "learning_rates", "seeds")
 _MAX_SEED = 2**32  # jax.random.PRNGKey takes a uint32 seed
 _MAX_CHECKED_GRID_POINTS = 4096
@@ -83,6 +84,7 @@ class SweepSpec:
     plottable: tuple = ()  # every metric the results will hold against step
     runs: int = 0  # optimizers x learning rates x seeds x grid points
     cells: int = 0  # compiled cells: optimizers x static grid points
+    buckets: object = "auto"  # "auto", None or {field: (bucket sizes)}: see specdyn.buckets
 
     def sweep_kwargs(self) -> dict:
         return dict(
@@ -94,6 +96,7 @@ class SweepSpec:
             record_every=self.record_every,
             batch_size=self.batch_size,
             telemetry=self.telemetry,
+            buckets=self.buckets,
         )
 
 
@@ -285,6 +288,7 @@ def _validate(f: _File) -> SweepSpec:
         except ValueError as err:
             f.fail(f"{f.table('plot', 'figures')} {err}")
 
+    buckets = _buckets(f, problem, grid, d.get("buckets", "auto"))
     n_lr = len(lrs) if isinstance(lrs, list) else len(next(iter(lrs.values())))
     statics = [k for k in field_grid if k in static_fields(problem_cls)]
     n_seeds = seeds if isinstance(seeds, int) else len(seeds)
@@ -309,7 +313,32 @@ def _validate(f: _File) -> SweepSpec:
         plottable=plottable,
         runs=sum(n_lr * n_seeds * n_points * size(axes.of(n)) for n in names),
         cells=sum(n_cells * size(axes.of(n, data=False)) for n in names),
+        buckets=buckets,
     )
+
+
+def _buckets(f: _File, problem, grid: dict, value):
+    """``buckets = "auto" | "none"`` or a ``[buckets]`` table ``field = [sizes]`` (or "auto")."""
+    from specdyn.buckets import check_buckets
+
+    if isinstance(value, str):
+        if value.lower() not in ("auto", "none"):
+            f.fail(f'{f.key("buckets")} must be "auto", "none" or a table field = [sizes], got {show_value(value)}')
+        return None if value.lower() == "none" else "auto"
+    for field, sizes in value.items():
+        label = f"key {field!r} in {f.table('buckets', field)}"
+        if not (isinstance(sizes, list) or sizes == "auto"):
+            f.fail(f'{label} must be an array of sizes or "auto", got {show_value(sizes)}')
+        try:
+            check_buckets(problem, {field: sizes})
+        except ValueError as err:
+            f.fail(f"{label}: {err}")
+        if isinstance(sizes, list):
+            too_big = [v for v in grid.get(field, []) if isinstance(v, int) and v > sizes[-1]]
+            if too_big:
+                f.fail(f"{label} = {show_value(sizes)} holds no bucket for {field} = {too_big[0]} in "
+                       f"{f.table('grid', field)}: add a bucket >= {max(too_big)}")
+    return check_buckets(problem, value)
 
 
 def _check_run_lengths(f: _File, steps: int, record_every: int) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "METHODS",
     "NEWTON_SCHULZ_PRESETS",
     "PolarConfig",
+    "default_rank_tol",
     "polar",
     "polar_config",
     "polar_express_coefficients",
@@ -242,9 +243,21 @@ def _divide_by_max_abs(x: jax.Array) -> jax.Array:
     return x / jnp.where(m > 0, m, jnp.ones_like(m))
 
 
+def default_rank_tol(x: jax.Array) -> jax.Array:
+    """The default relative rank tolerance of (..., m, n) matrices, shape (..., 1):
+    ``max(m', n') * eps`` with m', n' the numbers of rows and columns that are not all
+    zero (= ``max(m, n) * eps`` for a matrix without zero rows or columns). Zero rows
+    and columns add nothing to the SVD's round-off, and counting only the others makes
+    the tolerance, hence the factor, the same for a matrix and its zero-padded copy
+    (what runs of several sizes in one program rely on, see :mod:`specdyn.buckets`)."""
+    nonzero = x != 0
+    rows = jnp.sum(jnp.any(nonzero, axis=-1), axis=-1)
+    cols = jnp.sum(jnp.any(nonzero, axis=-2), axis=-1)
+    return (jnp.maximum(rows, cols).astype(x.dtype) * jnp.finfo(x.dtype).eps)[..., None]
+
+
 def _svd_polar(x: jax.Array, rank_tol: float | None) -> jax.Array:
-    m, n = x.shape[-2:]
-    tol = max(m, n) * float(jnp.finfo(x.dtype).eps) if rank_tol is None else rank_tol
+    tol = default_rank_tol(x) if rank_tol is None else rank_tol
     u, s, vh = jnp.linalg.svd(x, full_matrices=False)
     keep = s > tol * s[..., :1]  # s is sorted descending; zero matrix keeps nothing
     return jnp.matmul(u * keep[..., None, :].astype(u.dtype), vh)
@@ -298,7 +311,8 @@ def polar(g, *, method="svd", steps=None, coeffs=None, rank_tol=None, compute_dt
       coeffs: Newton-Schulz coefficients: ``"jordan"`` (default), ``"dion"``, a
         (3,) tuple used at every step, or a (steps, 3) table.
       rank_tol: ``"svd"`` only; singular values ``<= rank_tol * s_max`` are
-        dropped. Default ``max(m, n) * eps`` of the compute dtype.
+        dropped. Default ``max(m, n) * eps`` of the compute dtype, m and n counting
+        only rows and columns that are not all zero (:func:`default_rank_tol`).
       compute_dtype: dtype of the computation (default: the input's, promoted to
         float32 for a half-precision SVD). The result is cast back.
     """

@@ -449,8 +449,8 @@ def run_groups(
       problems: a problem whose data leaves have a leading groups axis.
       keys: (groups,) PRNG keys: each group's run key.
       recipe: the optimizer's :class:`Recipe`.
-      rates: (rates,) learning rates shared by every group, or, with ``rule``,
-        multipliers of ``rule(problem, data)`` per group.
+      rates: (rates,) learning rates shared by every group, (groups, rates) per group,
+        or, with ``rule``, multipliers of ``rule(problem, data)`` per group.
       data, params: given data / initial parameters with a leading groups axis (or None).
       shard: the sharding of the groups axis (default: one device).
       budget: most steps per program call (see :func:`plan`); calls are also kept to about
@@ -476,6 +476,8 @@ def run_groups(
         n_groups = keys.shape[0]
         if rule is not None:
             rates = group_rates(rule, rates, problems, data)
+        elif np.ndim(rates) == 2:  # (groups, rates) given per group
+            pass
         else:
             rates = np.broadcast_to(np.asarray(rates, float), (n_groups, len(rates)))
         rates = jax.device_put(rates, shard)

@@ -48,20 +48,24 @@ import xarray as xr
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from specdyn._cpu import warn_if_unguarded
+from specdyn import buckets as bucketing
+from specdyn._cpu import blas_threads_limited, warn_if_unguarded
 from specdyn.optimizers import OPTIMIZERS, get_optimizer
 from specdyn.option_axes import OptionAxes, split_grid
-from specdyn.problem import data_fields, is_problem, static_fields
+from specdyn.problem import data_fields, is_problem, pad_instance, static_fields
 from specdyn.provenance import code_fingerprint, describe_callable, problem_fingerprint, provenance
 from specdyn.simulate import (
     Recipe,
+    _draw_program,
     check_memory,
     check_run_lengths,
     group_bytes,
+    group_rates,
     memory_available,
     recipe_of,
     record_steps,
     run_groups,
+    single_device,
 )
 from specdyn.storage import CellStore, assemble
 from specdyn.telemetry import as_telemetry, telemetry_coords, telemetry_dims
@@ -263,8 +267,9 @@ class CellPlan:
     """How one cell of a sweep runs: its optimizer, static grid values and static option
     values (``options``), its runs and
     groups (runs sharing a seed and data grid point), the device bytes of one group
-    (:func:`specdyn.simulate.group_bytes`), and groups per program call (``calls``
-    sub-batches)."""
+    (:func:`specdyn.simulate.group_bytes`), groups per program call (``calls``
+    sub-batches), and ``bucket``: the padded sizes its program runs at when it shares
+    one with other sizes (:mod:`specdyn.buckets`), else None."""
 
     optimizer: str
     static: dict
@@ -274,10 +279,11 @@ class CellPlan:
     groups_per_call: int
     calls: int
     options: dict = dataclasses.field(default_factory=dict)  # static option axes: {"muon.method": "svd"}
+    bucket: dict | None = None  # {field: bucket size} when the cell runs padded with others
 
 
 def _prepare(problem, *, optimizers, learning_rates, seeds, grid, steps, record_every, data, batch_size,
-             telemetry=None):
+             telemetry=None, buckets=None):
     """Validate a sweep's arguments (ValueError naming the argument) and lay out its cells."""
     if not is_problem(problem):
         raise ValueError(f"problem must be an @sd.problem instance, got {problem!r}")
@@ -300,7 +306,9 @@ def _prepare(problem, *, optimizers, learning_rates, seeds, grid, steps, record_
     data_combos = list(itertools.product(*data_grid.values()))
     # cells: optimizer x static grid point x static option point (options {} without option axes)
     cells = [(n, c, o) for n in names for c in static_combos for o in axes.cell_options(n)]
+    bucket_spec = bucketing.check_buckets(problem, buckets)
     return dict(
+        bucket_spec=bucket_spec,
         factories=factories, names=names, rules=rules, lrs=lrs, seeds=seed_list, static_grid=static_grid,
         data_grid=data_grid, data_combos=data_combos, cells=cells, axes=axes, n_static=len(static_combos),
         recipes=[_recipe(axes.factory(n, factories[n], o)) for n, _, o in cells],
@@ -311,7 +319,6 @@ def _prepare(problem, *, optimizers, learning_rates, seeds, grid, steps, record_
 def _plan_cells(problem, setup, first_data, batch_size) -> list[CellPlan]:
     """One :class:`CellPlan` per cell, refusing (ValueError) a cell whose one group cannot fit."""
     available = memory_available()
-    n_dev = jax.local_device_count()
     n_lrs = len(setup["lrs"][setup["names"][0]])
     n_groups = len(setup["seeds"]) * len(setup["data_combos"])
     out = []
@@ -321,15 +328,46 @@ def _plan_cells(problem, setup, first_data, batch_size) -> list[CellPlan]:
         per_group = n_lrs * setup["axes"].data_options(name)[0]  # runs of a group: rates x data option points
         estimate = group_bytes(cell_problem, recipe, per_group, data=first_data, telemetry=setup["telemetry"])
         check_memory(cell_problem, estimate, runs=per_group, available=available)
-        if batch_size:
-            cap = max(1, batch_size // per_group)
-        else:
-            cap = max(1, int(0.5 * available * n_dev / estimate["total"]))
-        size = min(n_groups, cap)
-        size = math.ceil(size / n_dev) * n_dev  # equal shards on every device
+        size = _groups_per_call(estimate, n_groups, per_group, batch_size, available)
         out.append(CellPlan(name, static, per_group * n_groups, n_groups, estimate, size, math.ceil(n_groups / size),
                             options))
     return out
+
+
+def _groups_per_call(estimate, n_groups, n_lrs, batch_size, available) -> int:
+    n_dev = jax.local_device_count()
+    if batch_size:
+        cap = max(1, batch_size // n_lrs)
+    else:
+        cap = max(1, int(0.5 * available * n_dev / estimate["total"]))
+    size = min(n_groups, cap)
+    return math.ceil(size / n_dev) * n_dev  # equal shards on every device
+
+
+def _bucket_units(problem, setup, plans, data, steps) -> list[tuple[dict | None, list[int]]]:
+    """Cells that run together: ``(bucket, [cell indices])`` with ``bucket`` the padded
+    sizes ({field: bucket size}) of cells that share a program, None for a cell alone.
+
+    Cells run alone (one program per size) with given ``data``, with telemetry (the
+    singular-value quantiles of a padded matrix would count its zero block) and for an
+    optimizer with data option axes; static option values are part of a bucket's key."""
+    if data is not None or setup["bucket_spec"] is None or setup["telemetry"] is not None:
+        return [(None, [i]) for i in range(len(plans))]
+    runs = max(p.runs for p in plans)
+    mapping = bucketing.resolve_buckets(problem, setup["static_grid"], setup["bucket_spec"],
+                                        recipes=list(dict.fromkeys(setup["recipes"])), runs=runs, steps=steps)
+    units: dict = {}
+    for i, plan in enumerate(plans):
+        bucket = {f: sizes[plan.static[f]] for f, sizes in mapping.items()}
+        cell_problem = dataclasses.replace(problem, **plan.static)
+        if (bucket and not setup["axes"].data_options(plan.optimizer)[1]
+                and bucketing.pads_exactly(setup["recipes"][i]) and bucketing.can_pad(cell_problem)):
+            others = tuple((f, v) for f, v in plan.static.items() if f not in bucket)
+            key = (plan.optimizer, tuple(sorted(plan.options.items())), tuple(sorted(bucket.items())), others)
+            units.setdefault(key, (bucket, []))[1].append(i)
+        else:
+            units[("alone", i)] = (None, [i])
+    return [(b if len(members) > 1 else None, members) for b, members in units.values()]
 
 
 def sweep_plan(
@@ -344,15 +382,22 @@ def sweep_plan(
     data=None,
     batch_size: int | None = None,
     telemetry=None,
+    buckets="auto",
 ) -> list[CellPlan]:
     """The cells :func:`sweep` would run with these arguments, one :class:`CellPlan` each
     (runs, groups, bytes per group, groups per program call), without running anything.
     Raises the ValueError :func:`sweep` would, including for a cell whose one group
-    cannot fit the device's memory."""
+    cannot fit the device's memory. ``buckets``: as in :func:`sweep`; a cell that shares
+    a padded program with others has its ``bucket``."""
     setup = _prepare(problem, optimizers=optimizers, learning_rates=learning_rates, seeds=seeds, grid=grid,
-                     steps=steps, record_every=record_every, data=data, batch_size=batch_size, telemetry=telemetry)
+                     steps=steps, record_every=record_every, data=data, batch_size=batch_size, telemetry=telemetry,
+                     buckets=buckets)
     first = data(setup["seeds"][0]) if callable(data) else data
-    return _plan_cells(problem, setup, first, batch_size)
+    plans = _plan_cells(problem, setup, first, batch_size)
+    for bucket, members in _bucket_units(problem, setup, plans, data, steps):
+        for i in members:
+            plans[i] = dataclasses.replace(plans[i], bucket=bucket)
+    return plans
 
 
 def sweep(
@@ -371,6 +416,7 @@ def sweep(
     batch_size: int | None = None,
     provenance: Mapping | None = None,
     telemetry=None,
+    buckets="auto",
 ) -> xr.Dataset:
     """Run every (optimizer, learning rate, seed, grid point) of a grid.
 
@@ -408,6 +454,12 @@ def sweep(
         ``(..., step, leaf, quantile)`` or ``(..., step, leaf)`` and coordinates
         ``leaf`` (names), ``sv`` (1..k) and ``quantile`` (levels). Its settings are
         part of the config, so a store recorded with other settings is refused.
+      buckets: sizes of a padded field (``sd.static(..., pad=True)``) that share a
+        bucket run in one compiled program, zero-padded exactly (see
+        :mod:`specdyn.buckets`): ``{field: [bucket sizes]}`` (a size goes to the
+        smallest bucket that holds it), ``"auto"`` (default: buckets from a cost
+        model of compile time against padded FLOPs), or None (one program per size).
+        The results are the same either way.
 
     A cell whose one group cannot fit the device's memory (see :func:`sweep_plan`) is
     refused with a ValueError before anything runs. The Dataset's attrs hold the config
@@ -418,7 +470,8 @@ def sweep(
       ``xarray.Dataset`` (see :mod:`specdyn.storage`).
     """
     setup = _prepare(problem, optimizers=optimizers, learning_rates=learning_rates, seeds=seeds, grid=grid,
-                     steps=steps, record_every=record_every, data=data, batch_size=batch_size, telemetry=telemetry)
+                     steps=steps, record_every=record_every, data=data, batch_size=batch_size, telemetry=telemetry,
+                     buckets=buckets)
     telemetry = setup["telemetry"]
     _warn_host_devices()
     names, rules, lrs, seed_list = setup["names"], setup["rules"], setup["lrs"], setup["seeds"]
@@ -459,41 +512,51 @@ def sweep(
     cell_store = None if store is None else CellStore(store, config, fresh=fresh, provenance=run_provenance)
 
     cells = setup["cells"]
+    units = _bucket_units(problem, setup, plans, data, int(steps))
     bar = tqdm(total=sum(p.runs for p in plans) * steps, unit="run-step", unit_scale=True, disable=not progress)
-    results, from_store = [], 0
+    results, from_store = [None] * len(cells), 0
     try:
-        for index, (cell_plan, (name, _, _)) in enumerate(zip(plans, cells, strict=True)):
-            n_runs = cell_plan.runs
-            bar.set_description(f"{name} " + " ".join(f"{k}={v}" for k, v in {**cell_plan.static,
-                                                                              **cell_plan.options}.items()))
-            if cell_store is not None and cell_store.has(index):
-                results.append(cell_store.load(index, runs=n_runs))
-                from_store += 1
-                bar.update(n_runs * steps)
+        for bucket, members in units:
+            todo = []
+            for index in members:
+                if cell_store is not None and cell_store.has(index):
+                    results[index] = cell_store.load(index, runs=plans[index].runs)
+                    from_store += 1
+                    bar.update(plans[index].runs * steps)
+                else:
+                    todo.append(index)
+            if not todo:
                 continue
-            cell_problem = dataclasses.replace(problem, **cell_plan.static)
-            arrays = _run_cell(
-                cell_problem,
-                setup["recipes"][index],
-                lrs[name],
-                rules.get(name),
-                seed_list,
-                data_grid,
-                setup["data_combos"],
-                data=data if not callable(data) else seed_data,
-                per_seed=callable(data),
-                steps=int(steps),
-                record_every=int(record_every),
-                size=cell_plan.groups_per_call,
-                bar=bar,
-                options=axes.data_options(name)[1],
-                telemetry=telemetry,
-            )
-            if rules and name not in rules:
-                arrays["effective_learning_rate"] = np.repeat(np.asarray(lrs[name]), n_runs // len(lrs[name]))
-            if cell_store is not None:
-                cell_store.save(index, arrays)
-            results.append(arrays)
+            name = cells[todo[0]][0]
+            recipe = setup["recipes"][todo[0]]
+            common = dict(data=data if not callable(data) else seed_data, per_seed=callable(data), steps=int(steps),
+                          record_every=int(record_every), bar=bar)
+            if bucket is not None and len(todo) > 1:  # no data option axes, no telemetry (see _bucket_units)
+                bar.set_description(f"{name} " + " ".join(f"{k}<={v}" for k, v in
+                                                          {**bucket, **plans[todo[0]].options}.items()))
+                size = _groups_per_call(
+                    group_bytes(bucketing.at_sizes(problem, {**plans[todo[0]].static, **bucket}),
+                                recipe, len(lrs[name])),
+                    len(todo) * plans[todo[0]].groups, len(lrs[name]), batch_size, memory_available())
+                ran = _run_bucket(problem, bucket, [plans[i].static for i in todo], recipe,
+                                  lrs[name], rules.get(name), seed_list, data_grid, setup["data_combos"],
+                                  size=size, **common)
+            else:
+                ran = []
+                for index in todo:
+                    bar.set_description(f"{name} " + " ".join(f"{k}={v}" for k, v in
+                                                              {**plans[index].static, **plans[index].options}.items()))
+                    ran.append(_run_cell(dataclasses.replace(problem, **plans[index].static), recipe,
+                                         lrs[name], rules.get(name), seed_list, data_grid, setup["data_combos"],
+                                         size=plans[index].groups_per_call, options=axes.data_options(name)[1],
+                                         telemetry=telemetry, **common))
+            for index, arrays in zip(todo, ran, strict=True):
+                if rules and name not in rules:
+                    n_runs = plans[index].runs
+                    arrays["effective_learning_rate"] = np.repeat(np.asarray(lrs[name]), n_runs // len(lrs[name]))
+                if cell_store is not None:
+                    cell_store.save(index, arrays)
+                results[index] = arrays
     finally:
         bar.close()
     results = axes.merge(results, names, n_static=setup["n_static"], n_lr=len(lrs[names[0]]), n_seed=len(seed_list),
@@ -558,6 +621,14 @@ def _provenance(extra: Mapping | None) -> dict:
     return provenance(**{str(k): v for k, v in (extra or {}).items()})
 
 
+def _given_data(data, per_seed, groups, n_groups):
+    if data is None:
+        return None
+    if per_seed:  # {seed: data}
+        return jax.tree.map(lambda *a: np.stack(a), *[data[s] for s, _ in groups])
+    return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n_groups, *np.shape(x))), dict(data))
+
+
 def _run_cell(problem, recipe, lrs, rule, seeds, data_grid, data_combos, *, data, per_seed, steps, record_every,
               size, bar, options=None, telemetry=None):
     """All runs of one cell: {metric: (runs, records, ...)}, diverged_at (runs,) and, with a
@@ -575,35 +646,53 @@ def _run_cell(problem, recipe, lrs, rule, seeds, data_grid, data_combos, *, data
     if options:  # inner runs: learning rate x option point
         inner = list(np.repeat(inner, n_points))
         options = {k: np.tile(np.asarray(v), len(lrs)) for k, v in options.items()}
-    n_groups, n_lrs = len(groups), len(lrs) * n_points
+    n_groups = len(groups)
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray([s for s, _ in groups]))
     field_values = {f: [data_combos[c][j] for _, c in groups] for j, f in enumerate(data_grid)}
     problems = _batched(problem, field_values, n_groups)
-    if data is None:
-        given = None
-    elif per_seed:  # {seed: data}
-        given = jax.tree.map(lambda *a: np.stack(a), *[data[s] for s, _ in groups])
-    else:
-        given = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n_groups, *np.shape(x))), dict(data))
+    given = _given_data(data, per_seed, groups, n_groups)
+    out = _run_batches(problems, keys, recipe, inner, None if rule is None else rule.rule, given, None,
+                       steps=steps, record_every=record_every, size=size, bar=bar, n_lrs=len(lrs) * n_points,
+                       options=options, telemetry=telemetry)
+    return _by_run(out)
 
+
+def _by_run(out: dict) -> dict:
+    """(groups, lrs, ...) -> runs in order lr x seed x data grid point."""
+    result = {}
+    for k, v in out.items():
+        by_lr = np.swapaxes(v, 0, 1)
+        result[k] = by_lr.reshape(by_lr.shape[0] * by_lr.shape[1], *by_lr.shape[2:])
+    return result
+
+
+def _run_batches(problems, keys, recipe, rates, rule, given, params, *, steps, record_every, size, bar, n_lrs,
+                 options=None, telemetry=None):
+    """Run groups (leading axis of ``problems``, ``keys``, ``given``, ``params``) in
+    sub-batches of ``size`` groups: {metric: (groups, lrs, ...)}, diverged_at and, with
+    a rule or per-group rates, effective_learning_rate. ``options``, ``telemetry``: as in
+    :func:`specdyn.simulate.run_groups`."""
+    n_groups = keys.shape[0]
     n_batches = math.ceil(n_groups / size)
     shard = NamedSharding(Mesh(np.asarray(jax.local_devices()), ("runs",)), PartitionSpec("runs"))
     budget = max(1, math.ceil(steps / _TARGET_CHUNKS))
+    per_group = np.ndim(rates) == 2
 
     outputs = []
     for b in range(n_batches):
         idx = np.minimum(np.arange(b * size, (b + 1) * size), n_groups - 1)  # pad with the last group
         take = lambda tree, idx=idx: jax.tree.map(lambda x: x[idx], tree)
         real = min(size, n_groups - b * size)
-        records, state, rates = run_groups(
+        records, state, used = run_groups(
             take(problems),
             keys[idx],
             recipe,
-            inner,
-            rule=None if rule is None else rule.rule,
+            np.asarray(rates)[idx] if per_group else rates,
+            rule=rule,
             steps=steps,
             record_every=record_every,
             data=None if given is None else take(given),
+            params=None if params is None else take(params),
             shard=shard,
             budget=budget,
             on_call=lambda n, real=real: bar.update(real * n_lrs * n),
@@ -612,11 +701,54 @@ def _run_cell(problem, recipe, lrs, rule, seeds, data_grid, data_combos, *, data
         )
         out = dict(records)
         out["diverged_at"] = np.asarray(state.diverged_at)
-        if rule is not None:
-            out["effective_learning_rate"] = np.asarray(rates)
+        if rule is not None or per_group:
+            out["effective_learning_rate"] = np.asarray(used)
         outputs.append({k: v[:real] for k, v in out.items()})
-    result = {}
-    for k in outputs[0]:  # (groups, lrs, ...) -> runs in order lr x seed x data grid point
-        by_lr = np.swapaxes(np.concatenate([o[k] for o in outputs], axis=0), 0, 1)
-        result[k] = by_lr.reshape(n_lrs * n_groups, *by_lr.shape[2:])
-    return result
+    return {k: np.concatenate([o[k] for o in outputs], axis=0) for k in outputs[0]}
+
+
+def _run_bucket(problem, bucket, statics, recipe, lrs, rule, seeds, data_grid, data_combos, *, data, per_seed, steps,
+                record_every, size, bar):
+    """The cells of ``statics`` (static values, sizes within ``bucket``) as one batch of
+    groups in the bucket's programs: each cell's groups are drawn at its true sizes,
+    zero-padded to the bucket (:mod:`specdyn.buckets`), run together, and their records
+    cut back to the true shapes. One ``_run_cell`` result per cell."""
+    assert data is None
+    groups = list(itertools.product(seeds, range(len(data_combos))))
+    n_groups = len(groups)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray([s for s, _ in groups]))
+    field_values = {f: [data_combos[c][j] for _, c in groups] for j, f in enumerate(data_grid)}
+    target = None
+    parts, rec_shapes = [], []
+    with blas_threads_limited():
+        for static in statics:
+            true = dataclasses.replace(problem, **static)
+            if target is None:
+                target = bucketing.shapes_of(bucketing.at_sizes(true, bucket))
+            problems = _batched(true, field_values, n_groups)
+            params, drawn = _draw_program()(problems, keys, None, None, shard=single_device())
+            if rule is not None:
+                rates = group_rates(rule.rule, rule.multipliers, problems, drawn)
+            else:
+                rates = np.broadcast_to(np.asarray(lrs, float), (n_groups, len(lrs)))
+            sizes = {f: np.full(n_groups, static[f], np.int32) for f in bucket}
+            padded = pad_instance(problems, bucket, sizes)
+            parts.append((padded, keys, bucketing.pad_tree(params, target[0]), bucketing.pad_tree(drawn, target[1]),
+                          np.asarray(rates)))
+            rec_shapes.append(bucketing.record_shapes(true))
+    joined = jax.tree.map(lambda *x: np.concatenate([np.asarray(v) for v in x]), *parts)
+    problems, all_keys, params, drawn, rates = joined
+    out = _run_batches(problems, jnp.asarray(all_keys), recipe, rates, None, drawn, params, steps=steps,
+                       record_every=record_every, size=size, bar=bar, n_lrs=len(lrs))
+    if rule is None:
+        out.pop("effective_learning_rate")
+    results = []
+    for c, shapes in enumerate(rec_shapes):
+        cell = {}
+        for k, v in out.items():
+            v = v[c * n_groups:(c + 1) * n_groups]
+            if k in shapes:  # (groups, lrs, records, *metric shape at the bucket) -> the true shape
+                v = v[(slice(None),) * 3 + tuple(slice(0, n) for n in shapes[k].shape)]
+            cell[k] = v
+        results.append(_by_run(cell))
+    return results

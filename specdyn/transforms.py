@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from specdyn.diagnostics import safe_divide
-from specdyn.polar import polar_config, polar_with_config
+from specdyn.polar import default_rank_tol, polar_config, polar_with_config
 
 __all__ = [
     "ScaleByPolarState",
@@ -163,15 +163,14 @@ def _spectral_power(g: jax.Array, p, rank_tol: float | None) -> jax.Array:
     """U Σᵖ Vᵀ of g over the last two axes, from the thin SVD of g / max|g|.
 
     Singular values at or below ``rank_tol * s_max`` are dropped, as in
-    :func:`specdyn.polar`'s SVD method (default ``max(m, n) * eps``), so p = 0 is
+    :func:`specdyn.polar`'s SVD method (default :func:`specdyn.polar.default_rank_tol`), so p = 0 is
     exactly that method's U Vᵀ and a zero matrix gives zeros.
     """
     dtype = jnp.float32 if jnp.finfo(g.dtype).bits < 32 else g.dtype  # no half-precision SVD
     x = g.astype(dtype)
     scale = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
     scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))
-    m, n = x.shape[-2:]
-    tol = max(m, n) * float(jnp.finfo(dtype).eps) if rank_tol is None else rank_tol
+    tol = default_rank_tol(x) if rank_tol is None else rank_tol
     u, s, vh = jnp.linalg.svd(x / scale, full_matrices=False)
     keep = s > tol * s[..., :1]
     p = jnp.asarray(p, dtype)

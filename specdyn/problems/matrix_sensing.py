@@ -48,7 +48,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from specdyn.problem import problem, require, static
+from specdyn.problem import problem, require, static, true_size
 
 __all__ = ["MAX_OPERATOR_ENTRIES", "MatrixSensing"]
 
@@ -65,10 +65,14 @@ def _is_int(v) -> bool:
 class MatrixSensing:
     """¼‖𝒜(UUᵀ) − 𝒜(XXᵀ)‖², U ∈ R^{n×k}, X ∈ R^{n×r}; see the module docstring."""
 
-    dim: int = static(20)  # n
+    # dim, width and measurements may be zero-padded (sd.static(..., pad=True)): padded
+    # rows of X, U and A and padded measurements (A_i = 0, y_i = 0) add nothing, and the
+    # one normalisation, 1/sqrt(m), uses the true count. rank does not pad: the metrics'
+    # QR and SVD of X would see zero columns as rank deficiency.
+    dim: int = static(20, pad=True)  # n
     rank: int = static(2)  # r
-    width: int = static(5)  # k, r <= k <= n
-    measurements: int = static(400)  # m (gaussian operator)
+    width: int = static(5, pad=True)  # k, r <= k <= n
+    measurements: int = static(400, pad=True)  # m (gaussian operator)
     operator: str = static("gaussian")
     init_type: str = static("random")
     condition: float = 2.0  # κ = σ_max(X)/σ_min(X)
@@ -104,13 +108,13 @@ class MatrixSensing:
     def measure(self, z, data):
         """𝒜(Z) ∈ R^m for a symmetric n×n Z (gaussian operator)."""
         a = data["A"]
-        return a.reshape(a.shape[0], -1) @ z.reshape(-1) / jnp.sqrt(self.measurements)
+        return a.reshape(a.shape[0], -1) @ z.reshape(-1) / jnp.sqrt(true_size(self, "measurements"))
 
     def adjoint(self, v, data):
         """𝒜*(v) = Σ_i v_i A_i / sqrt(m) (gaussian); the identity's adjoint for population."""
         a = data["A"]
         n = self.dim
-        return (v @ a.reshape(a.shape[0], -1)).reshape(n, n) / jnp.sqrt(self.measurements)
+        return (v @ a.reshape(a.shape[0], -1)).reshape(n, n) / jnp.sqrt(true_size(self, "measurements"))
 
     def normal_operator(self, z, data):
         """𝒜*𝒜(Z); Z itself for the population operator."""

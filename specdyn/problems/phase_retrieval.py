@@ -31,7 +31,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from specdyn.problem import problem, require, static
+from specdyn.problem import problem, require, size_mask, static, true_size
 
 _COVARIANCES = ("spiked", "power_law")
 _INITS = ("orthogonal", "gaussian")
@@ -41,13 +41,13 @@ _INITS = ("orthogonal", "gaussian")
 class PhaseRetrieval:
     """¼E[(xᵀ(WᵀW/m)x − (θᵀx)² − ε)²], x ~ N(0, Σ); see the module docstring."""
 
-    dim: int = static(32)  # d
-    width: int | None = static(None)  # m (None: m = d)
+    dim: int = static(32, pad=True)  # d
+    width: int | None = static(None, pad=True)  # m (None: m = d)
     covariance: str = static("spiked")
     spike: float = 10.0  # λ: variance along v (spiked)
     exponent: float = 1.0  # α: power-law decay k^{-α} (normalised: tr Σ = d)
     signal_placement: str | int = static("top")  # power law only
-    samples: int | None = static(None)  # n (None: population loss)
+    samples: int | None = static(None, pad=True)  # n (None: population loss)
     label_noise: float = 0.0
     init_scale: float = 0.1  # α₀
     init_type: str = static("orthogonal")
@@ -85,14 +85,26 @@ class PhaseRetrieval:
     def m(self) -> int:
         return self.dim if self.width is None else self.width
 
+    # Padding (sd.static(..., pad=True)): dim, width and samples may be zero-padded;
+    # every normalisation below uses the true sizes (true_size), and padded coordinates
+    # get zero variance, so padded rows/columns of W see zero gradient.
+    def __can_pad__(self) -> bool:
+        return self.signal_placement != "random"  # θ is drawn at the true length
+
+    def _d(self):
+        return true_size(self, "dim")
+
+    def _m(self):
+        return self._d() if self.width is None else true_size(self, "width")
+
     # ---- fixed geometry -------------------------------------------------------------
     def variances(self):
         """Eigenvalues of Σ in the standard basis (Σ is diagonal)."""
-        d = self.dim
+        d, live = self.dim, size_mask(self, "dim")
         if self.covariance == "spiked":
-            return jnp.ones(d).at[1].set(self.spike)
-        k = jnp.arange(1, d + 1, dtype=jnp.result_type(float)) ** (-self.exponent)
-        return d * k / jnp.sum(k)
+            return jnp.where(live, jnp.ones(d).at[1].set(self.spike), 0.0)
+        k = jnp.where(live, jnp.arange(1, d + 1, dtype=jnp.result_type(float)) ** (-self.exponent), 0.0)
+        return self._d() * k / jnp.sum(k)
 
     def covariance_matrix(self):
         """Σ (d×d)."""
@@ -105,7 +117,7 @@ class PhaseRetrieval:
         if self.covariance == "spiked" or sp == "top":
             return jnp.zeros(d).at[0].set(1.0)
         if sp == "bottom":
-            return jnp.zeros(d).at[d - 1].set(1.0)
+            return jnp.zeros(d).at[self._d() - 1].set(1.0)
         if sp == "random":
             t = jax.random.normal(jax.random.PRNGKey(0), (d,), dtype=jnp.result_type(float))
             return t / jnp.linalg.norm(t)
@@ -156,14 +168,14 @@ class PhaseRetrieval:
     def model(self, params, x):
         """f_W(x) = (1/m)‖Wx‖² for a batch x (n×d)."""
         wx = x @ params["W"].T
-        return jnp.sum(wx * wx, axis=-1) / self.m
+        return jnp.sum(wx * wx, axis=-1) / self._m()
 
     def population_loss(self, params):
         """¼[(tr DΣ)² + 2 tr(DΣDΣ)] + ¼σ², D = WᵀW/m − θθᵀ."""
         w = params["W"]
         theta = self.signal()
         s = self.variances()
-        dmat = w.T @ w / self.m - jnp.outer(theta, theta)
+        dmat = w.T @ w / self._m() - jnp.outer(theta, theta)
         ds = dmat * s[None, :]  # DΣ
         tr = jnp.trace(ds)
         return 0.25 * (tr**2 + 2.0 * jnp.sum(ds * ds.T)) + 0.25 * self.label_noise**2
@@ -172,7 +184,7 @@ class PhaseRetrieval:
         if self.samples is None:
             return self.population_loss(params)
         r = self.model(params, data["x"]) - data["y"]
-        return 0.25 * jnp.mean(r * r)
+        return 0.25 * jnp.sum(r * r) / true_size(self, "samples")  # padded samples: x = 0, y = 0
 
     def metrics(self, params, data):
         w = params["W"]
@@ -180,8 +192,8 @@ class PhaseRetrieval:
         a = jnp.linalg.norm(w @ theta)
         b = jnp.linalg.norm(w @ v)
         rest = jnp.maximum(jnp.sum(w * w) - a**2 - b**2, 0.0)
-        c = jnp.sqrt(rest / (self.dim - 2))
-        mmat = w.T @ w / self.m
+        c = jnp.sqrt(rest / (self._d() - 2))
+        mmat = w.T @ w / self._m()
         mnorm = jnp.linalg.norm(mmat)
         return {
             "loss": self.loss(params, data),

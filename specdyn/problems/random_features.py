@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from specdyn.diagnostics import frobenius_norm, nuclear_norm, nuclear_rank, stable_rank
 from specdyn.polar import polar
-from specdyn.problem import problem, require, static
+from specdyn.problem import problem, require, static, true_size
 from specdyn.problems.activations import ACTIVATIONS as _TABLE
 from specdyn.problems.activations import activate
 
@@ -43,10 +43,10 @@ __all__ = [
 ACTIVATIONS = tuple(_TABLE)  # names; the functions are in specdyn.problems.activations
 
 
-def smoothness_constants(data) -> tuple[jax.Array, jax.Array]:
-    """(L_F, L_op) = (‖A‖²_op/n, ‖A‖²_F/n) of the loss on ``data`` (n = columns of A)."""
+def smoothness_constants(data, n=None) -> tuple[jax.Array, jax.Array]:
+    """(L_F, L_op) = (‖A‖²_op/n, ‖A‖²_F/n) of the loss on ``data`` (n: columns of A by default)."""
     a = jnp.asarray(data["A"])
-    n = a.shape[-1]
+    n = a.shape[-1] if n is None else n
     s = jnp.linalg.svd(a, compute_uv=False)
     return jnp.square(s[0]) / n, jnp.sum(jnp.square(s)) / n
 
@@ -61,12 +61,13 @@ def spectral_learning_rate(data) -> jax.Array:
     return 1.0 / smoothness_constants(data)[1]
 
 
-def one_step_decrease(grad, step, a) -> jax.Array:
+def one_step_decrease(grad, step, a, n=None) -> jax.Array:
     """L(W) − L(W − step) for L(W) = (1/2n)‖WA − Y‖²_F with gradient ``grad`` at W.
 
-    Exact for the quadratic: ⟨G, Δ⟩ − ‖ΔA‖²_F/(2n), with no cancellation between two losses.
+    Exact for the quadratic: ⟨G, Δ⟩ − ‖ΔA‖²_F/(2n), with no cancellation between two losses
+    (n: columns of A by default).
     """
-    n = a.shape[-1]
+    n = a.shape[-1] if n is None else n
     return jnp.sum(grad * step) - 0.5 * jnp.sum(jnp.square(step @ a)) / n
 
 
@@ -74,10 +75,13 @@ def one_step_decrease(grad, step, a) -> jax.Array:
 class RandomFeatures:
     """(1/2n)‖WA − Y‖²_F over random features A = act(VX), Y = W♯A; see the module docstring."""
 
-    dim: int = static(50)  # d: input dimension
-    feature_dim: int = static(100)  # p: number of features (columns of W)
-    outputs: int | None = static(None)  # m: rows of W (None: m = p)
-    samples: int = static(400)  # n
+    # Every size may be zero-padded (sd.static(..., pad=True)): padded features (rows of
+    # A), outputs (rows of W, Y) and samples (columns of A, Y) add zero residual, and the
+    # loss divides by the true n. dim shapes no array (it lives inside sample()).
+    dim: int = static(50, pad=True)  # d: input dimension
+    feature_dim: int = static(100, pad=True)  # p: number of features (columns of W)
+    outputs: int | None = static(None, pad=True)  # m: rows of W (None: m = p)
+    samples: int = static(400, pad=True)  # n
     activation: str = static("relu")
     target_scale: float = 1.0  # teacher W♯ = target_scale · N(0, 1)/sqrt(p)
     spike: float = 0.0  # θ: input spike strength (0: isotropic inputs)
@@ -131,17 +135,18 @@ class RandomFeatures:
     def loss(self, params, data):
         a = data["A"]
         r = params["W"] @ a - data["Y"]
-        return 0.5 * jnp.sum(r * r) / a.shape[-1]
+        return 0.5 * jnp.sum(r * r) / true_size(self, "samples")
 
     def gradient(self, params, data):
         """G = (W A − Y) Aᵀ / n."""
         a = data["A"]
-        return (params["W"] @ a - data["Y"]) @ a.T / a.shape[-1]
+        return (params["W"] @ a - data["Y"]) @ a.T / true_size(self, "samples")
 
     def metrics(self, params, data):
         a = data["A"]
+        n = true_size(self, "samples")
         g = self.gradient(params, data)
-        l_f, l_op = smoothness_constants(data)
+        l_f, l_op = smoothness_constants(data, n)
         g_fro2 = jnp.square(frobenius_norm(g))
         g_nuc = nuclear_norm(g)
         spectral_step = (g_nuc / l_op) * polar(g, method="svd")
@@ -151,6 +156,6 @@ class RandomFeatures:
             "stable_rank_A": stable_rank(a),
             "gd_decrease_bound": g_fro2 / (2 * l_f),
             "spectral_decrease_bound": jnp.square(g_nuc) / (2 * l_op),
-            "gd_decrease": one_step_decrease(g, g / l_f, a),
-            "spectral_decrease": one_step_decrease(g, spectral_step, a),
+            "gd_decrease": one_step_decrease(g, g / l_f, a, n),
+            "spectral_decrease": one_step_decrease(g, spectral_step, a, n),
         }
