@@ -67,6 +67,23 @@ def test_five_sizes_in_one_bucket_compile_as_one_size_resume_and_diverge(tmp_pat
     xr.testing.assert_allclose(resumed.drop_attrs(), ds.drop_attrs())
 
 
+def test_static_option_axes_share_no_bucket_and_data_option_axes_run_alone():
+    # cells of other static option values never share a padded program; an optimizer with
+    # a data option axis runs one program per size: same numbers as without buckets
+    problem = sd.problems.PhaseRetrieval(dim=5, init_type="gaussian")
+    args = dict(optimizers=["specgd", "muon"], learning_rates=[0.05], seeds=1, steps=4, record_every=2,
+                progress=False, grid={"dim": [4, 5], "specgd.method": ["newton_schulz", "polar_express"],
+                                      "muon.momentum": [0.0, 0.9]})
+    plans = sweep_plan(problem, buckets={"dim": [5]}, **{k: v for k, v in args.items() if k != "progress"})
+    shared = {(p.optimizer, tuple(p.options.items())) for p in plans if p.bucket is not None}
+    assert shared == {("specgd", (("specgd.method", "newton_schulz"),)), ("specgd", (("specgd.method", "polar_express"),))}
+    padded = sd.sweep(problem, buckets={"dim": [5]}, **args)
+    alone = sd.sweep(problem, buckets=None, **args)
+    xr.testing.assert_allclose(padded.drop_attrs(), alone.drop_attrs(), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(padded["loss"].sel(optimizer="specgd", **{"specgd.method": "newton_schulz"}),
+                           padded["loss"].sel(optimizer="specgd", **{"specgd.method": "polar_express"}))
+
+
 def test_svd_rank_tolerance_ignores_zero_padding():
     # s = (1, 4e-15, 0, 0) at 5x4: the default tolerance max(m', n')·eps (m', n' the rows and
     # columns not all zero) keeps 4e-15 (> 5·eps) in the 5x4 matrix and in its 40x30 padded
