@@ -181,8 +181,8 @@ SLOW = textwrap.dedent(
     """
     description = "one quick cell, then a long one"
     problem = "matrix_least_squares"
-    steps = 40000
-    record_every = 10000
+    steps = 100000
+    record_every = 25000
     seeds = 1
     optimizers = ["gd"]
     learning_rates = [0.01]
