@@ -31,8 +31,10 @@ which-python:
 demo: install
 	$(BIN)/specdyn demo
 
+# PYTEST_ARGS: extra pytest arguments, e.g. PYTEST_ARGS="-m 'not notebook'" (CI's 3.11 pass).
+PYTEST_ARGS ?=
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests $(PYTEST_ARGS)
 
 # Execute the notebooks from their jupytext sources (notebooks/NN_*.py) and write the
 # executed notebooks/NN_*.ipynb: SIZE=smoke (the committed size) or SIZE=full;

@@ -5,9 +5,12 @@ fails the test with the cell's traceback. (One file per notebook, so that
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 _spec = importlib.util.spec_from_file_location(
     "notebooks_execute", Path(__file__).resolve().parent.parent / "notebooks" / "execute.py"
 )
+pytestmark = pytest.mark.notebook
 nbx = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(nbx)
 
