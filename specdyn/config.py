@@ -437,6 +437,14 @@ def _check_field_value(f: _File, problem_cls, name: str, value, label: str) -> N
         f.fail(f"{label} {wrong}, got {show_value(value)}")
 
 
+def _check_value_list(f: _File, label: str, values) -> None:
+    """A grid axis is a non-empty array."""
+    if values == []:
+        f.fail(f"{label} is an empty array; give at least one value")
+    if not isinstance(values, list):
+        f.fail(f"{label} must be an array of values, got {show_value(values)}")
+
+
 def _problem_and_grid(f: _File, problem_cls, fields: dict, grid_raw: dict):
     known = static_fields(problem_cls) + data_fields(problem_cls)
     for key, table in [(k, "fields") for k in fields] + [(k, "grid") for k in grid_raw]:
@@ -450,10 +458,7 @@ def _problem_and_grid(f: _File, problem_cls, fields: dict, grid_raw: dict):
     grid = {}
     for key, values in grid_raw.items():
         label = f"field {key} in {f.table('grid', key)}"
-        if values == []:
-            f.fail(f"{label} is an empty array; give at least one value")
-        if not isinstance(values, list):
-            f.fail(f"{label} must be an array of values, got {show_value(values)}")
+        _check_value_list(f, label, values)
         for v in values:
             _check_field_value(f, problem_cls, key, v, f"each value of {label}")
         values = [_field_value(v) for v in values]
@@ -527,10 +532,7 @@ def _option_axes(f: _File, names: list, factories: dict, grid_raw: dict) -> Opti
             known = ", ".join(allowed) or "none"
             f.fail(f"unknown option {option!r} in key {key!r} in {table} (options of {name}: {known})")
         label = f"option axis {key} in {table}"
-        if values == []:
-            f.fail(f"{label} is an empty array; give at least one value")
-        if not isinstance(values, list):
-            f.fail(f"{label} must be an array of values, got {show_value(values)}")
+        _check_value_list(f, label, values)
         for v in values:
             if isinstance(v, dict):
                 f.fail(f"each value of {label} must be a value or an array, not a table, got {show_value(v)}")
