@@ -38,8 +38,6 @@
 SIZE = "smoke"  # or "full": the sizes of REPRODUCTION.md
 
 # %%
-if SIZE not in ("smoke", "full"):
-    raise ValueError(f'SIZE must be "smoke" or "full", got {SIZE!r}')
 import time
 import warnings
 
@@ -47,15 +45,19 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-pd.set_option('display.width', 160)
-pd.set_option('display.max_columns', 12)
 from IPython.display import display
 
-warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm's notebook bar wants ipywidgets; no bar is drawn here
 import specdyn as sd
 from specdyn.experiments import phase_retrieval as ex
 from specdyn.problems.random_features import RandomFeatures, spectral_learning_rate
+
 # %matplotlib inline
+
+if SIZE not in ("smoke", "full"):
+    raise ValueError(f'SIZE must be "smoke" or "full", got {SIZE!r}')
+pd.set_option('display.width', 160)
+pd.set_option('display.max_columns', 12)
+warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm's notebook bar wants ipywidgets; no bar is drawn here
 
 FULL = SIZE == 'full'
 # the polar methods compared (label -> options of sd.spectral_gd); smoke keeps a subset
