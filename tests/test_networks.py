@@ -118,7 +118,11 @@ def test_sparse_regression_trains_and_logs(sparse_ds):
 
 
 def test_char_lm_smoke():
-    ds = nw.char_lm("smoke", steps=4, log_every=2)
+    from compile_log import count_compiles
+
+    with count_compiles() as compiles:
+        ds = nw.char_lm("smoke", steps=4, log_every=2)
+    assert compiles.count("_chunk_program") == 2  # one training program per optimizer
     assert list(ds.optimizer.values) == ["muon", "adamw"]
     names = list(ds.matrix.values)
     for m in ("embedding", "position", "head", "L0.W_Q", "L0.W_K", "L0.W_V", "L0.W_O",
@@ -170,12 +174,17 @@ def test_sparse_regression_curvature_explains_the_global_factor():
 
 
 def test_char_lm_reads_a_local_token_file(tmp_path):
-    # plain-text files go through the same loader (tests/test_datasets.py); one run here
+    # plain-text files go through the same loader (tests/test_datasets.py); char_lm trains
+    # on exactly the problem and data char_lm_setup builds (training: test_char_lm_smoke)
     tokens = np.random.default_rng(0).integers(0, 300, 5000).astype(np.uint16)
     tokens.tofile(tmp_path / "train.bin")
-    ds = nw.char_lm("smoke", steps=2, log_every=1, text=tmp_path / "train.bin")
-    assert ds.attrs["vocab"] == int(tokens.max()) + 1
-    assert float(ds.loss.isel(optimizer=0, step=0)) == pytest.approx(np.log(ds.attrs["vocab"]), rel=0.1)
+    problem, data, cfg = nw.char_lm_setup("smoke", text=tmp_path / "train.bin")
+    assert problem.vocab == int(tokens.max()) + 1 and cfg["seq"] == problem.seq
+    split = int(0.9 * len(tokens))
+    np.testing.assert_array_equal(np.asarray(data["tokens"]), tokens[:split])
+    # an untrained model predicts about uniformly over the file's vocabulary
+    loss = float(jax.jit(problem.loss)(problem.init(jax.random.PRNGKey(0)), data))
+    assert loss == pytest.approx(np.log(problem.vocab), rel=0.1)
     (tmp_path / "tiny.txt").write_text("ab")
     with pytest.raises(ValueError, match="text"):
         nw.char_lm("smoke", steps=2, text=tmp_path / "tiny.txt")
@@ -199,16 +208,16 @@ def test_char_lm_problem_loss_equals_a_direct_computation_on_the_window():
 
     problem, data, _ = _lm_problem_and_data()
     key = jax.random.PRNGKey(3)
-    params = problem.init(key)
-    model = CharTransformer(layers=1, width=16, heads=2, seq=8, vocab=256, key=key)
+    params = jax.jit(problem.init)(key)
+    model = eqx.filter_jit(lambda k: CharTransformer(layers=1, width=16, heads=2, seq=8, vocab=256, key=k))(key)
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), params,
                                      eqx.filter(model, eqx.is_inexact_array)))
     w = np.asarray(data["windows"])
-    logits = np.stack([np.asarray(model(jnp.asarray(row[:-1]))) for row in w]).astype(np.float64)
+    logits = np.asarray(jax.jit(jax.vmap(model))(jnp.asarray(w[:, :-1]))).astype(np.float64)
     logp = logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1, keepdims=True)) \
         - logits.max(-1, keepdims=True)
     direct = -np.mean(np.take_along_axis(logp, w[:, 1:, None], axis=-1))
-    assert float(problem.loss(params, data)) == pytest.approx(direct, rel=1e-6)
+    assert float(jax.jit(problem.loss)(params, data)) == pytest.approx(direct, rel=1e-6)
 
 
 def test_char_lm_problem_batch_draws_windows_of_the_training_split():
@@ -217,28 +226,13 @@ def test_char_lm_problem_batch_draws_windows_of_the_training_split():
     assert len(train) == int(0.9 * len(tokens))
     all_windows = np.lib.stride_tricks.sliding_window_view(train, 9)
     seen = set()
+    batch = jax.jit(problem.batch)
     for step in range(20):
-        w = np.asarray(problem.batch(data, jax.random.fold_in(jax.random.PRNGKey(0), step))["windows"])
+        w = np.asarray(batch(data, jax.random.fold_in(jax.random.PRNGKey(0), step))["windows"])
         assert w.shape == (4, 9) and w.dtype == np.int32
         for row in w:  # each row is a contiguous window of the training split
             assert np.any(np.all(all_windows == row, axis=1))
         seen.add(w[0].tobytes())
     assert len(seen) > 1
-    again = problem.batch(data, jax.random.fold_in(jax.random.PRNGKey(0), 19))["windows"]
+    again = batch(data, jax.random.fold_in(jax.random.PRNGKey(0), 19))["windows"]
     np.testing.assert_array_equal(np.asarray(again), w)  # same key, same batch
-
-
-def test_char_lm_problem_sweep_of_two_seeds_compiles_the_step_program_once():
-    import optax
-    from compile_log import count_compiles
-
-    from specdyn.sweep import sweep
-
-    problem, data, _ = _lm_problem_and_data()
-    with count_compiles() as compiles:
-        ds = sweep(problem, optimizers={"adamw": optax.adamw}, learning_rates=[3e-3], seeds=2,
-                   steps=4, record_every=2, data=data, progress=False)
-    assert compiles.count("_chunk_program") == 1
-    assert ds.nuclear_rank.sizes["matrix"] == len(problem.matrix_labels())
-    assert np.all(np.isfinite(ds.loss.values)) and np.all(np.isfinite(ds.val_loss.values))
-    assert not np.allclose(ds.loss.isel(seed=0).values, ds.loss.isel(seed=1).values)

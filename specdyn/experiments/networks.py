@@ -171,11 +171,11 @@ def init_stable_ranks(
     for j, width in enumerate(widths):
         n = int(round(sample_ratio * width))
         keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), width) for s in range(seeds)])
-        # all seeds of a width in one vmapped call
-        st[:, j, :] = np.asarray(jax.vmap(
-            lambda k, n=n, width=width: _post_activation_stable_ranks(activations, k, width, n))(keys)).T
-        block[:, j, :] = np.asarray(jax.vmap(
-            lambda k, n=n, width=width: _block_stable_ranks(jax.random.fold_in(k, 99), width, n))(keys)).T
+        # all seeds of a width in one compiled, vmapped call
+        st[:, j, :] = np.asarray(jax.jit(jax.vmap(
+            lambda k, n=n, width=width: _post_activation_stable_ranks(activations, k, width, n)))(keys)).T
+        block[:, j, :] = np.asarray(jax.jit(jax.vmap(
+            lambda k, n=n, width=width: _block_stable_ranks(jax.random.fold_in(k, 99), width, n)))(keys)).T
     return xr.Dataset(
         {
             "stable_rank": (("activation", "width", "seed"), st),
@@ -444,6 +444,38 @@ _LM_SIZES = {
 }
 
 
+def char_lm_setup(size: str = "smoke", *, seed: int = 0, text=None, **overrides):
+    """The problem, data and size entries of :func:`char_lm` (same arguments), without training.
+
+    Returns ``(problem, data, cfg)``: a :class:`specdyn.problems.char_lm.CharLM` whose
+    vocabulary is 256 for plain text and the largest token id + 1 for a ``.bin`` file, its
+    data from :func:`specdyn.problems.char_lm.char_lm_data` and the size's entries with
+    ``overrides`` applied. Bad sizes, entries or texts raise ``ValueError`` naming them.
+    """
+    require(size in _LM_SIZES, "size", size, f"be one of {sorted(_LM_SIZES)}")
+    cfg = dict(_LM_SIZES[size])
+    for k, v in overrides.items():
+        require(k in cfg, k, v, f"be a known size entry ({sorted(cfg)})")
+        require(isinstance(v, int) and v >= 1, k, v, "be a positive integer")
+        cfg[k] = v
+    require(cfg["width"] % cfg["heads"] == 0, "width", cfg["width"], "be divisible by heads")
+    if text is None:
+        data = np.frombuffer(python_stdlib_text(cfg["max_chars"]).encode("utf-8"), np.uint8)
+        data, vocab = data.astype(np.int32), 256
+    else:
+        from specdyn.problems.datasets import load_tokens
+
+        data, vocab = load_tokens(text)
+        data = data[: cfg["max_chars"]]
+    require(len(data) > 20 * (cfg["seq"] + 1), "text", text,
+            f"hold more than {20 * (cfg['seq'] + 1)} tokens (seq={cfg['seq']}), got {len(data)}")
+    seq, batch = cfg["seq"], cfg["batch"]
+    problem = CharLM(layers=cfg["layers"], width=cfg["width"], heads=cfg["heads"], seq=seq,
+                     batch_size=batch, vocab=vocab)
+    lm_data = char_lm_data(data, seq=seq, batch_size=batch, seed=seed)
+    return problem, lm_data, cfg
+
+
 def char_lm(
     size: str = "smoke",
     *,
@@ -484,27 +516,8 @@ def char_lm(
     a host numpy generator and the criterion uses the probe batch instead of the
     current minibatch, so the numbers differ from earlier versions (same seeds).
     """
-    require(size in _LM_SIZES, "size", size, f"be one of {sorted(_LM_SIZES)}")
-    cfg = dict(_LM_SIZES[size])
-    for k, v in overrides.items():
-        require(k in cfg, k, v, f"be a known size entry ({sorted(cfg)})")
-        require(isinstance(v, int) and v >= 1, k, v, "be a positive integer")
-        cfg[k] = v
-    require(cfg["width"] % cfg["heads"] == 0, "width", cfg["width"], "be divisible by heads")
-    if text is None:
-        data = np.frombuffer(python_stdlib_text(cfg["max_chars"]).encode("utf-8"), np.uint8)
-        data, vocab = data.astype(np.int32), 256
-    else:
-        from specdyn.problems.datasets import load_tokens
-
-        data, vocab = load_tokens(text)
-        data = data[: cfg["max_chars"]]
-    require(len(data) > 20 * (cfg["seq"] + 1), "text", text,
-            f"hold more than {20 * (cfg['seq'] + 1)} tokens (seq={cfg['seq']}), got {len(data)}")
-    seq, batch = cfg["seq"], cfg["batch"]
-    problem = CharLM(layers=cfg["layers"], width=cfg["width"], heads=cfg["heads"], seq=seq,
-                     batch_size=batch, vocab=vocab)
-    lm_data = char_lm_data(data, seq=seq, batch_size=batch, seed=seed)
+    problem, lm_data, cfg = char_lm_setup(size, seed=seed, text=text, **overrides)
+    vocab = problem.vocab
 
     def labels(params):
         def one(path, leaf):
