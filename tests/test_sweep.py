@@ -264,6 +264,8 @@ def test_four_devices_give_the_same_dataset(tmp_path):
 @pytest.mark.parametrize("name", sd.problems.problem_names())
 def test_draw_program_equals_the_default_compilation(name):
     # The draw program is compiled with less optimization (it runs once); its values must not change.
+    if "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
+        pytest.skip("compares -O1 against XLA's default level, which XLA_FLAGS changes in this run")
     problem = sd.problems.get_problem(name)()
     problems = jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (3, *jnp.shape(x))), problem)
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(3))
