@@ -1,5 +1,7 @@
 """RandomFeatures (PAPERS.md §3) against numpy, the one-step guarantees and the paper's claims."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import optax
 import pytest
 
 import specdyn as sd
+from specdyn.diagnostics import nuclear_rank, stable_rank
 from specdyn.experiments import when_spectral_helps as wsh
 from specdyn.problems.random_features import (
     RandomFeatures,
@@ -14,6 +17,8 @@ from specdyn.problems.random_features import (
     smoothness_constants,
     spectral_learning_rate,
 )
+from specdyn.simulate import sample_run
+from specdyn.sweep import sweep_plan
 
 SMALL = {"dim": 8, "feature_dim": 12, "samples": 30}
 
@@ -304,3 +309,28 @@ def test_restarts_compile_nothing_for_another_seed():
     np.testing.assert_allclose(r["specgd_loss"].isel(restart=0).values,
                                spec["loss"].sel(optimizer="specgd").values, rtol=1e-10)
     np.testing.assert_allclose(r["gd_loss"].values[:6], spec["loss"].sel(optimizer="gd").values, rtol=1e-10)
+
+
+def test_nuclear_rank_growth_sweep_equals_the_old_program_per_size(smoke):
+    # nuclear_rank_growth is one sd.sweep over k, its sizes padded to a shared bucket
+    # ("auto": one step costs less than a compile); the reference is its former code, one
+    # jitted program per size, float64, at the smoke sizes
+    @jax.jit
+    @functools.partial(jax.vmap, in_axes=(None, 0))
+    def old_growth_point(prob, seed):
+        w0, data = sample_run(prob, jax.random.PRNGKey(seed))
+        g0 = prob.gradient(w0, data)
+        w1 = {"W": w0["W"] - gd_learning_rate(data) * g0}
+        return nuclear_rank(g0), nuclear_rank(prob.gradient(w1, data)), stable_rank(data["A"])
+
+    ks, seeds = wsh.SMOKE["growth"]["ks"], wsh.SMOKE["growth"]["seeds"]
+    with jax.enable_x64(True):
+        old = [old_growth_point(RandomFeatures(dim=k // 2, feature_dim=k, samples=2 * k, spike=1.0),
+                                jnp.arange(seeds)) for k in ks]
+        plans = sweep_plan(wsh.GrowthFeatures(k=ks[0]), optimizers=["gd"], learning_rates=wsh.RULES["gd"],
+                           seeds=seeds, grid={"k": list(ks)}, steps=1)
+    assert [p.bucket for p in plans] == [{"k": max(ks)}] * len(ks)  # every size padded to the largest
+    new = smoke["growth"]
+    for i, name in enumerate(("nr_init", "nr_one_step", "stable_rank_A")):
+        np.testing.assert_allclose(new[name].values, np.stack([np.asarray(o[i]) for o in old]), rtol=1e-10,
+                                   err_msg=name)
