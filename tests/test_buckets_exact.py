@@ -23,7 +23,7 @@ import specdyn as sd
 from specdyn import buckets as bucketing
 from specdyn.optimizers import get_optimizer
 from specdyn.problem import pad_instance
-from specdyn.simulate import RunState, record_metrics
+from specdyn.simulate import RunState, record_metrics, start_run, train_steps
 
 opt = lambda name, **kw: functools.partial(get_optimizer, name, **kw)
 
@@ -179,3 +179,54 @@ def test_every_optimizer_and_polar_method_keeps_zero_padding_exact():
         rest[:m, :n] = 0
         assert np.all(rest == 0), f"{name}: padded block not zero"
         assert not np.allclose(true[i], start), name  # it moved
+
+
+# Problems with other parameter trees (several matrices, integer labels): one program per
+# problem and shape, GD and SpecGD (Newton-Schulz) through the engine's train_steps.
+@functools.partial(jax.jit, static_argnames="names")
+def _train_named(problem, params, data, names):
+    out = {}
+    for name in names:
+        optimizer = EVERY[name](0.05)
+        state = train_steps(problem, optimizer, start_run(optimizer, params), data, jax.random.PRNGKey(0), STEPS)
+        out[name] = (state.params, record_metrics(problem, state, data))
+    return out
+
+
+def _check_other(problem, bucket, labels=None, names=("gd", "specgd_ns")):
+    """As _check_problem for any parameter tree: standard normal draws (integer leaves:
+    labels in [0, labels)) at the true sizes, zero-padded; parameters and records to 1e-10."""
+    rng = np.random.default_rng(2)
+    draw = lambda x: (rng.integers(0, labels, size=x.shape) if np.issubdtype(x.dtype, np.integer)
+                      else 0.3 * rng.normal(size=x.shape))
+    shapes, like = bucketing.shapes_of(problem), bucketing.shapes_of(bucketing.at_sizes(problem, bucket))
+    params, data = jax.tree.map(draw, shapes)
+    padded = pad_instance(problem, bucket, {f: np.asarray(getattr(problem, f)) for f in bucket})
+    pad = lambda x, target: np.pad(x, [(0, t - s) for s, t in zip(x.shape, target.shape, strict=True)])
+    true = _train_named(problem, params, data, names)
+    out = _train_named(padded, jax.tree.map(pad, params, like[0]), jax.tree.map(pad, data, like[1]), names)
+    for name in names:
+        where = f"{type(problem).__name__}, {name}"
+        for key, leaf in true[name][0].items():
+            got, ref = np.asarray(out[name][0][key]), np.asarray(leaf)
+            block = tuple(slice(0, n) for n in ref.shape)
+            assert not np.allclose(ref, params[key], rtol=1e-3, atol=0), f"{where} {key}: did not move"
+            np.testing.assert_allclose(got[block], ref, rtol=1e-10, atol=1e-10 * np.abs(ref).max(),
+                                       err_msg=f"{where} {key}")
+            rest = got.copy()
+            rest[block] = 0
+            assert np.all(rest == 0), f"{where} {key}: padded block not zero"
+        for key, ref in true[name][1].items():
+            np.testing.assert_allclose(out[name][1][key], ref, rtol=1e-10, atol=1e-10 * np.abs(ref).max(),
+                                       err_msg=f"{where}: {key}")
+
+
+def test_gaussian_mixture_pads_exactly():
+    with jax.enable_x64(True):
+        # depth 3, population loss (the sigma^2 |W_end|^2 term): input dimension and hidden width padded
+        _check_other(sd.problems.GaussianMixture(classes=3, dim=4, width=5, depth=3, test_per_class=4,
+                                                 init_scale=0.5), {"dim": 6, "width": 7}, labels=3)
+        # bilinear, empirical cross-entropy: input dimension, hidden width and samples padded
+        _check_other(sd.problems.GaussianMixture(classes=3, dim=4, width=5, depth=2, samples=10, test_per_class=4,
+                                                 loss_type="cross_entropy", init_scale=0.5),
+                     {"dim": 6, "width": 7, "samples": 13}, labels=3)
