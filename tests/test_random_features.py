@@ -1,6 +1,6 @@
 """RandomFeatures (PAPERS.md §3) against numpy, the one-step guarantees and the paper's claims."""
 
-import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,6 @@ import optax
 import pytest
 
 import specdyn as sd
-from specdyn.diagnostics import nuclear_rank, stable_rank
 from specdyn.experiments import when_spectral_helps as wsh
 from specdyn.problems.random_features import (
     RandomFeatures,
@@ -17,8 +16,10 @@ from specdyn.problems.random_features import (
     smoothness_constants,
     spectral_learning_rate,
 )
-from specdyn.simulate import sample_run
+from specdyn.simulate import _draw_program, single_device
 from specdyn.sweep import sweep_plan
+
+sweep_module = importlib.import_module("specdyn.sweep")  # sd.sweep, the function, shadows the module
 
 SMALL = {"dim": 8, "feature_dim": 12, "samples": 30}
 
@@ -313,24 +314,31 @@ def test_restarts_compile_nothing_for_another_seed():
 
 def test_nuclear_rank_growth_sweep_equals_the_old_program_per_size(smoke):
     # nuclear_rank_growth is one sd.sweep over k, its sizes padded to a shared bucket
-    # ("auto": one step costs less than a compile); the reference is its former code, one
-    # jitted program per size, float64, at the smoke sizes
-    @jax.jit
-    @functools.partial(jax.vmap, in_axes=(None, 0))
-    def old_growth_point(prob, seed):
-        w0, data = sample_run(prob, jax.random.PRNGKey(seed))
-        g0 = prob.gradient(w0, data)
-        w1 = {"W": w0["W"] - gd_learning_rate(data) * g0}
-        return nuclear_rank(g0), nuclear_rank(prob.gradient(w1, data)), stable_rank(data["A"])
-
+    # ("auto": one step costs less than a compile). Reference: what its former per-size
+    # code computed, in numpy (float64) on each size's draw: G0 at W0, one GD step at
+    # n/|A|_op^2, nr(G0), nr(G1), st(A). The draws come from the sweep's draw program (one
+    # per true size, cached: no compile here); they are sample_run of RandomFeatures(dim=k/2,
+    # feature_dim=k, samples=2k), as before.
     ks, seeds = wsh.SMOKE["growth"]["ks"], wsh.SMOKE["growth"]["seeds"]
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(seeds))
+    nr = lambda g: (lambda s: s.sum() ** 2 / (s**2).sum())(np.linalg.svd(g, compute_uv=False))
+    ref = []
     with jax.enable_x64(True):
-        old = [old_growth_point(RandomFeatures(dim=k // 2, feature_dim=k, samples=2 * k, spike=1.0),
-                                jnp.arange(seeds)) for k in ks]
         plans = sweep_plan(wsh.GrowthFeatures(k=ks[0]), optimizers=["gd"], learning_rates=wsh.RULES["gd"],
                            seeds=seeds, grid={"k": list(ks)}, steps=1)
+        for k in ks:
+            problems = sweep_module._batched(wsh.GrowthFeatures(k=k), {}, seeds)
+            params, data = _draw_program()(problems, keys, None, None, shard=single_device())
+            rows = []
+            for s in range(seeds):
+                w0, a, y = (np.asarray(x[s]) for x in (params["W"], data["A"], data["Y"]))
+                n = 2 * k
+                assert a.shape == (k, n) and w0.shape == (k, k)
+                g0 = (w0 @ a - y) @ a.T / n
+                w1 = w0 - n / np.linalg.norm(a, 2) ** 2 * g0
+                rows.append([nr(g0), nr((w1 @ a - y) @ a.T / n), (a**2).sum() / np.linalg.norm(a, 2) ** 2])
+            ref.append(rows)
     assert [p.bucket for p in plans] == [{"k": max(ks)}] * len(ks)  # every size padded to the largest
-    new = smoke["growth"]
+    ref = np.asarray(ref)  # (k, seed, quantity)
     for i, name in enumerate(("nr_init", "nr_one_step", "stable_rank_A")):
-        np.testing.assert_allclose(new[name].values, np.stack([np.asarray(o[i]) for o in old]), rtol=1e-10,
-                                   err_msg=name)
+        np.testing.assert_allclose(smoke["growth"][name].values, ref[..., i], rtol=1e-10, err_msg=name)
