@@ -16,7 +16,11 @@ constants on this machine from the "none" runs: seconds per cell to compile (col
 warm, per cell) and FLOP/s of the warm steps.
 
 ``python bench/dimensions.py`` (the issue's grid) or ``--small`` (d in {8, 12, 16, 24},
-2 seeds x 2 rates, 200 steps: a minute on a 2-core CPU).
+2 seeds x 2 rates, 200 steps: a minute on a 2-core CPU). ``--steps``, ``--seeds`` and
+``--rates`` (the first k of each optimizer's 4 rates) shrink either grid, e.g. the
+issue's sizes at a fraction of its runs: ``--steps 500 --seeds 2 --rates 2``;
+``--modes none,auto,one`` runs the modes in another order (the first pays the process's
+one-off costs).
 """
 
 from __future__ import annotations
@@ -44,7 +48,17 @@ def _count(names):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true", help="a small grid (about a minute on 2 cores)")
+    parser.add_argument("--steps", type=int, help="training steps (default: 2000, --small 200)")
+    parser.add_argument("--seeds", type=int, help="seeds (default: 8, --small 2)")
+    parser.add_argument("--rates", type=int, help="learning rates per optimizer, the first k (default: all)")
+    parser.add_argument("--modes", default="auto,one,none",
+                        help="the modes to run, in this order (default: auto,one,none; the first also pays "
+                             "the process's one-off costs)")
     args = parser.parse_args(argv)
+    for name in ("steps", "seeds", "rates"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be a positive integer, got --{name}={value}")
     sd.guard_cpu()
     if args.small:
         dims, seeds, steps = [8, 12, 16, 24], 2, 200
@@ -52,6 +66,12 @@ def main(argv=None) -> None:
     else:
         dims, seeds, steps = [16, 24, 32, 48, 64, 96, 128], 8, 2000
         rates = {"gd": [0.005, 0.01, 0.02, 0.05], "specgd": [0.002, 0.005, 0.01, 0.02]}
+    steps = args.steps or steps
+    seeds = args.seeds or seeds
+    if args.rates is not None:
+        if args.rates > len(rates["gd"]):
+            parser.error(f"--rates must be at most {len(rates['gd'])}, got --rates={args.rates}")
+        rates = {n: v[: args.rates] for n, v in rates.items()}
     problem = sd.problems.PhaseRetrieval(dim=dims[0])
     options = {"gd": {}, "specgd": {"method": "newton_schulz"}}
     factories = {n: functools.partial(sd.get_optimizer, n, **kw) for n, kw in options.items()}
@@ -62,7 +82,11 @@ def main(argv=None) -> None:
     flops = {(d, n): bucketing.step_flops(sd.problems.PhaseRetrieval(dim=d), recipe_of(f(0.01))[0])
              for d in sizes for n, f in factories.items()}
     true_flops = runs * sum(flops.values())
-    modes = {"auto": "auto", "one": {"dim": [max(dims)]}, "none": None}
+    every = {"auto": "auto", "one": {"dim": [max(dims)]}, "none": None}
+    order = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not order or any(m not in every for m in order) or len(set(order)) != len(order):
+        parser.error(f"--modes must list distinct modes of {list(every)}, got --modes={args.modes!r}")
+    modes = {m: every[m] for m in order}
     print(f"phase retrieval d in {dims}, gd + specgd (newton_schulz), {seeds} seeds x "
           f"{len(rates['gd'])} rates, {steps} steps; {jax.devices()[0].device_kind}, jax {jax.__version__}")
     print()
@@ -91,6 +115,8 @@ def main(argv=None) -> None:
         programs = sum(n in ("jit(_chunk_program)", "jit(_start_program)") for n in names)
         measured[mode] = (cold, warm, programs)
         print(f"| {mode} | {chosen} | {programs} | {cold:.1f} | {warm:.1f} | {padded / true_flops:.2f} |")
+    if "none" not in measured:
+        return
     cold, warm, programs = measured["none"]
     cells = len(dims) * len(factories)
     print()

@@ -348,10 +348,13 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{int(n)} B"
 
 
-def check_memory(problem, estimate: dict[str, int], *, runs: int = 1, available: float | None = None) -> None:
+def check_memory(problem, estimate: dict[str, int], *, runs: int = 1, available: float | None = None,
+                 bucket: dict | None = None) -> None:
     """Refuse (ValueError) a group of ``runs`` runs (the learning rates of one seed) that
     cannot fit one device, naming the problem's static fields and the estimate (from
-    :func:`group_bytes`) against the device's memory."""
+    :func:`group_bytes`) against the device's memory. ``bucket`` ({field: bucket size}):
+    the runs are zero-padded to it (:mod:`specdyn.buckets`; ``estimate`` is then at the
+    bucket sizes), named beside the problem's true sizes."""
     available = memory_available() if available is None else available
     if estimate["total"] <= available:
         return
@@ -361,10 +364,13 @@ def check_memory(problem, estimate: dict[str, int], *, runs: int = 1, available:
     shown = {f: v for f, v in fields.items() if defaults.get(f) != v} or fields
     parts = ", ".join(f"{k} {_gb(v)}" for k, v in estimate.items() if k != "total")
     where = ", ".join(f"{k}={v}" for k, v in shown.items()) or cls.__name__
+    if bucket:
+        where += " padded to its bucket " + ", ".join(f"{k}={v}" for k, v in bucket.items())
     what = f"one run of {cls.__name__}" if runs == 1 else f"one group of {runs} runs of {cls.__name__} (one seed)"
     raise ValueError(
         f"{where}: {what} needs {_gb(estimate['total'])} ({parts}, times {_WORKING} "
         f"for a step's working memory), the device has {_gb(available)}; use smaller static fields"
+        + (" or smaller buckets (buckets=None: one program per size)" if bucket else "")
     )
 
 

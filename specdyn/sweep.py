@@ -269,7 +269,8 @@ class CellPlan:
     groups (runs sharing a seed and data grid point), the device bytes of one group
     (:func:`specdyn.simulate.group_bytes`), groups per program call (``calls``
     sub-batches), and ``bucket``: the padded sizes its program runs at when it shares
-    one with other sizes (:mod:`specdyn.buckets`), else None."""
+    one with other sizes (:mod:`specdyn.buckets`), else None; a bucketed cell's bytes
+    and groups per call are those of its runs padded to the bucket."""
 
     optimizer: str
     static: dict
@@ -370,6 +371,26 @@ def _bucket_units(problem, setup, plans, data, steps) -> list[tuple[dict | None,
     return [(b if len(members) > 1 else None, members) for b, members in units.values()]
 
 
+def _bucketed(problem, setup, plans, data, steps, batch_size) -> list[tuple[dict | None, list[int]]]:
+    """The units of :func:`_bucket_units`, with the plan of each cell that runs padded
+    re-estimated at its bucket's sizes (its arrays' shapes): bytes per group, groups per
+    call and ``bucket``, refusing (ValueError naming the field, its value and the bucket)
+    a cell whose one padded group cannot fit the device's memory."""
+    units = _bucket_units(problem, setup, plans, data, steps)
+    available = memory_available()
+    for bucket, members in units:
+        for i in members if bucket is not None else ():
+            plan = plans[i]
+            true = dataclasses.replace(problem, **plan.static)
+            per_group = plan.runs // plan.groups
+            estimate = group_bytes(bucketing.at_sizes(true, bucket), setup["recipes"][i], per_group)
+            check_memory(true, estimate, runs=per_group, available=available, bucket=bucket)
+            size = _groups_per_call(estimate, plan.groups, per_group, batch_size, available)
+            plans[i] = dataclasses.replace(plan, bytes_per_group=estimate, groups_per_call=size,
+                                           calls=math.ceil(plan.groups / size), bucket=bucket)
+    return units
+
+
 def sweep_plan(
     problem,
     *,
@@ -388,15 +409,14 @@ def sweep_plan(
     (runs, groups, bytes per group, groups per program call), without running anything.
     Raises the ValueError :func:`sweep` would, including for a cell whose one group
     cannot fit the device's memory. ``buckets``: as in :func:`sweep`; a cell that shares
-    a padded program with others has its ``bucket``."""
+    a padded program with others has its ``bucket``, and its bytes per group, groups per
+    call and memory check are at the bucket's sizes (what its padded runs allocate)."""
     setup = _prepare(problem, optimizers=optimizers, learning_rates=learning_rates, seeds=seeds, grid=grid,
                      steps=steps, record_every=record_every, data=data, batch_size=batch_size, telemetry=telemetry,
                      buckets=buckets)
     first = data(setup["seeds"][0]) if callable(data) else data
     plans = _plan_cells(problem, setup, first, batch_size)
-    for bucket, members in _bucket_units(problem, setup, plans, data, steps):
-        for i in members:
-            plans[i] = dataclasses.replace(plans[i], bucket=bucket)
+    _bucketed(problem, setup, plans, data, steps, batch_size)
     return plans
 
 
@@ -512,7 +532,7 @@ def sweep(
     cell_store = None if store is None else CellStore(store, config, fresh=fresh, provenance=run_provenance)
 
     cells = setup["cells"]
-    units = _bucket_units(problem, setup, plans, data, int(steps))
+    units = _bucketed(problem, setup, plans, data, int(steps), batch_size)
     bar = tqdm(total=sum(p.runs for p in plans) * steps, unit="run-step", unit_scale=True, disable=not progress)
     results, from_store = [None] * len(cells), 0
     try:

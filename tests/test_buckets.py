@@ -6,6 +6,7 @@ optimizer on the padded problems: test_buckets_exact.py.
 """
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ from compile_log import count_compiles
 import specdyn as sd
 from specdyn import buckets as bucketing
 from specdyn.optimizers import get_optimizer
-from specdyn.simulate import sample_run
+from specdyn.simulate import group_bytes, recipe_of, sample_run
 from specdyn.sweep import sweep_plan
 
 opt = lambda name, **kw: functools.partial(get_optimizer, name, **kw)
@@ -175,3 +176,23 @@ def test_sweep_file_buckets_table(tmp_path, capsys, table, message):
     assert main(["sweep", str(bad), "--check"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(bad) in err and message in err, err
+
+
+def test_memory_is_planned_and_checked_at_the_bucket_size(monkeypatch):
+    # dim 8 and 12 padded to 64: the plan's bytes are those of dim 64 (what the padded runs
+    # allocate), and memory for dim 12 but not 64 refuses the bucket, naming size and bucket
+    sweep_module = importlib.import_module("specdyn.sweep")  # sd.sweep, the function, shadows it
+
+    problem = sd.problems.PhaseRetrieval(dim=8, samples=16)
+    args = dict(optimizers=["gd"], learning_rates=[0.1, 0.2], seeds=1, steps=4, grid={"dim": [8, 12]})
+    plans = sweep_plan(problem, buckets={"dim": [64]}, **args)
+    recipe = recipe_of(sd.gd(0.1))[0]
+    at = lambda dim: group_bytes(sd.problems.PhaseRetrieval(dim=dim, samples=16), recipe, 2)
+    assert [p.bucket for p in plans] == [{"dim": 64}] * 2
+    assert [p.bytes_per_group for p in plans] == [at(64)] * 2 and at(64)["total"] > 4 * at(12)["total"]
+    unpadded = sweep_plan(problem, buckets=None, **args)
+    assert [p.bytes_per_group for p in unpadded] == [at(8), at(12)]
+    monkeypatch.setattr(sweep_module, "memory_available", lambda: float(at(12)["total"]))
+    assert len(sweep_plan(problem, buckets=None, **args)) == 2  # the true sizes fit
+    with pytest.raises(ValueError, match=r"dim=8, samples=16 padded to its bucket dim=64: one group of 2 runs .*smaller buckets"):
+        sweep_plan(problem, buckets={"dim": [64]}, **args)

@@ -1,5 +1,7 @@
 """RandomFeatures (PAPERS.md §3) against numpy, the one-step guarantees and the paper's claims."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,10 @@ from specdyn.problems.random_features import (
     smoothness_constants,
     spectral_learning_rate,
 )
+from specdyn.simulate import _draw_program, single_device
+from specdyn.sweep import sweep_plan
+
+sweep_module = importlib.import_module("specdyn.sweep")  # sd.sweep, the function, shadows the module
 
 SMALL = {"dim": 8, "feature_dim": 12, "samples": 30}
 
@@ -304,3 +310,35 @@ def test_restarts_compile_nothing_for_another_seed():
     np.testing.assert_allclose(r["specgd_loss"].isel(restart=0).values,
                                spec["loss"].sel(optimizer="specgd").values, rtol=1e-10)
     np.testing.assert_allclose(r["gd_loss"].values[:6], spec["loss"].sel(optimizer="gd").values, rtol=1e-10)
+
+
+def test_nuclear_rank_growth_sweep_equals_the_old_program_per_size(smoke):
+    # nuclear_rank_growth is one sd.sweep over k, its sizes padded to a shared bucket
+    # ("auto": one step costs less than a compile). Reference: what its former per-size
+    # code computed, in numpy (float64) on each size's draw: G0 at W0, one GD step at
+    # n/|A|_op^2, nr(G0), nr(G1), st(A). The draws come from the sweep's draw program (one
+    # per true size, cached: no compile here); they are sample_run of RandomFeatures(dim=k/2,
+    # feature_dim=k, samples=2k), as before.
+    ks, seeds = wsh.SMOKE["growth"]["ks"], wsh.SMOKE["growth"]["seeds"]
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(seeds))
+    nr = lambda g: (lambda s: s.sum() ** 2 / (s**2).sum())(np.linalg.svd(g, compute_uv=False))
+    ref = []
+    with jax.enable_x64(True):
+        plans = sweep_plan(wsh.GrowthFeatures(k=ks[0]), optimizers=["gd"], learning_rates=wsh.RULES["gd"],
+                           seeds=seeds, grid={"k": list(ks)}, steps=1)
+        for k in ks:
+            problems = sweep_module._batched(wsh.GrowthFeatures(k=k), {}, seeds)
+            params, data = _draw_program()(problems, keys, None, None, shard=single_device())
+            rows = []
+            for s in range(seeds):
+                w0, a, y = (np.asarray(x[s]) for x in (params["W"], data["A"], data["Y"]))
+                n = 2 * k
+                assert a.shape == (k, n) and w0.shape == (k, k)
+                g0 = (w0 @ a - y) @ a.T / n
+                w1 = w0 - n / np.linalg.norm(a, 2) ** 2 * g0
+                rows.append([nr(g0), nr((w1 @ a - y) @ a.T / n), (a**2).sum() / np.linalg.norm(a, 2) ** 2])
+            ref.append(rows)
+    assert [p.bucket for p in plans] == [{"k": max(ks)}] * len(ks)  # every size padded to the largest
+    ref = np.asarray(ref)  # (k, seed, quantity)
+    for i, name in enumerate(("nr_init", "nr_one_step", "stable_rank_A")):
+        np.testing.assert_allclose(smoke["growth"][name].values, ref[..., i], rtol=1e-10, err_msg=name)

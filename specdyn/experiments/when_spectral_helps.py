@@ -35,7 +35,9 @@ import xarray as xr
 
 from specdyn.diagnostics import nuclear_rank, stable_rank
 from specdyn.optimizers import get_optimizer
+from specdyn.problem import pad_instance, problem, require, static, true_size
 from specdyn.problems.random_features import (
+    ACTIVATIONS,
     RandomFeatures,
     gd_learning_rate,
     spectral_learning_rate,
@@ -46,6 +48,7 @@ from specdyn.sweep import LearningRateRule, sweep
 
 __all__ = [
     "FULL",
+    "GrowthFeatures",
     "OPTIMIZERS",
     "RULES",
     "SMOKE",
@@ -182,38 +185,69 @@ def _spectral_restarts(problem, data, starts, key, steps):
     return jax.vmap(run)(starts)
 
 
+@problem
+class GrowthFeatures:
+    """Experiment 3's instance at size k: :class:`RandomFeatures` with n = 2k samples,
+    d = k/2 inputs and p = m = k features and outputs (``features()``), whose metrics are
+    nr(G) and st(A). One size field, ``k``, that pads (:mod:`specdyn.buckets`): a padded
+    instance runs the padded RandomFeatures at the bucket's sizes with the true ones as
+    data, so the sizes of a sweep share one compiled program."""
+
+    k: int = static(64, pad=True)
+    activation: str = static("relu")
+    spike: float = 1.0
+
+    def __check_init__(self):
+        require(isinstance(self.k, int) and not isinstance(self.k, bool) and self.k >= 2, "k", self.k,
+                "be an integer >= 2")
+        require(self.activation in ACTIVATIONS, "activation", self.activation, f"be one of {ACTIVATIONS}")
+        require(self.spike >= 0, "spike", self.spike, "be >= 0")
+
+    def features(self) -> RandomFeatures:
+        """The RandomFeatures instance (fields unvalidated: ``spike`` may be traced); padded
+        (sizes at the bucket, true sizes from ``true_size``) when this instance is."""
+        k, true_k = self.k, true_size(self, "k")
+        sizes = {"dim": max(k // 2, 1), "feature_dim": k, "outputs": None, "samples": 2 * k,
+                 "activation": self.activation, "spike": self.spike}
+        true = None if isinstance(true_k, int) else {"dim": true_k // 2, "feature_dim": true_k, "samples": 2 * true_k}
+        return pad_instance(RandomFeatures(), sizes, true)
+
+    def init(self, key):
+        return self.features().init(key)
+
+    def sample(self, key):
+        return self.features().sample(key)
+
+    def loss(self, params, data):
+        return self.features().loss(params, data)
+
+    def metrics(self, params, data):
+        return {"nuclear_rank": nuclear_rank(self.features().gradient(params, data)),
+                "stable_rank_A": stable_rank(data["A"])}
+
+
 def nuclear_rank_growth(ks=(64, 128, 256, 512), *, seeds: int = 3, activation: str = "relu",
-                        spike: float = 1.0, x64: bool = True) -> xr.Dataset:
+                        spike: float = 1.0, x64: bool = True, buckets="auto") -> xr.Dataset:
     """nr(G) at zero init and after one GD step (rate n/‖A‖²_op), and st(A), against k.
 
-    Sizes: n = 2k samples, d = k/2 inputs, p = m = k features and outputs; spiked inputs
-    with strength ``spike``. Dataset dims (k, seed): ``nr_init``, ``nr_one_step``,
-    ``stable_rank_A``.
+    Sizes: n = 2k samples, d = k/2 inputs, p = m = k features and outputs
+    (:class:`GrowthFeatures`); spiked inputs with strength ``spike``. One ``sd.sweep`` of
+    one GD step over ``k`` (``buckets`` as there: by default the sizes share padded
+    programs; the results are those of one program per size). Dataset dims (k, seed):
+    ``nr_init``, ``nr_one_step``, ``stable_rank_A``.
     """
-    names = ("nr_init", "nr_one_step", "stable_rank_A")
-    out = {name: [] for name in names}
     with jax.enable_x64(x64):
-        for k in ks:
-            prob = RandomFeatures(dim=max(k // 2, 1), feature_dim=k, samples=2 * k,
-                                  activation=activation, spike=spike)
-            rows = _growth_point(prob, jnp.arange(seeds))
-            for name, v in zip(names, rows, strict=True):
-                out[name].append(np.asarray(v))
+        ds = sweep(GrowthFeatures(k=int(ks[0]), activation=activation, spike=spike), optimizers=["gd"],
+                   learning_rates=RULES["gd"], seeds=seeds, grid={"k": [int(k) for k in ks]}, steps=1,
+                   record_every=1, progress=False, buckets=buckets)
+    one = ds.isel(optimizer=0, lr=0).transpose("k", "seed", "step")
+    out = {"nr_init": one["nuclear_rank"].isel(step=0), "nr_one_step": one["nuclear_rank"].isel(step=1),
+           "stable_rank_A": one["stable_rank_A"].isel(step=0)}
     return xr.Dataset(
-        {name: (("k", "seed"), np.asarray(v)) for name, v in out.items()},
+        {name: (("k", "seed"), np.asarray(v.values)) for name, v in out.items()},
         coords={"k": list(ks), "seed": np.arange(seeds)},
         attrs={"activation": activation, "spike": spike},
     )
-
-
-@jax.jit
-@functools.partial(jax.vmap, in_axes=(None, 0))
-def _growth_point(prob: RandomFeatures, seed):
-    """(nr(G₀), nr(G₁), st(A)) on the instance of ``seed``: one program per size, vmapped."""
-    w0, data = sample_run(prob, jax.random.PRNGKey(seed))
-    g0 = prob.gradient(w0, data)
-    w1 = {"W": w0["W"] - gd_learning_rate(data) * g0}
-    return nuclear_rank(g0), nuclear_rank(prob.gradient(w1, data)), stable_rank(data["A"])
 
 
 def growth_slope(ds: xr.Dataset, var: str = "nr_one_step") -> float:

@@ -8,6 +8,10 @@ Its data (:func:`char_lm_data`) holds the training tokens, a fixed validation se
 and a fixed probe batch of training windows; records (which use the full data) give
 the loss on the probe batch, the validation loss and nr(G)/st(A) of every matrix
 (:func:`specdyn.layerwise.layerwise_criterion` on the probe batch).
+
+Sizes do not pad (:mod:`specdyn.buckets`): LayerNorm means over the width and the
+attention heads split it, so zero-padded units would change the model, and the random
+training windows depend on ``seq`` and ``batch_size``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 :func:`long_tailed_digits` builds one seed's data set (which examples are kept); the model
 :class:`DigitsMLP` takes it as given data, one data set per seed:
 ``sd.sweep(DigitsMLP(), ..., data=lambda seed: long_tailed_digits(10.0, seed=seed))``.
+
+``width`` does not pad (:mod:`specdyn.buckets`): the data is given (``data=``), and
+runs with given data run one program per size.
 """
 
 from __future__ import annotations

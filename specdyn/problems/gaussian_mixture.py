@@ -17,6 +17,13 @@ class-stratified test set of ``test_per_class`` points per class drawn by ``samp
 Initialisation: depth 1 starts at W = 0; depth L ≥ 2 starts every layer at
 ``init_scale`` times the rectangular identity (balanced, diagonal in the class
 basis), so each α_c = a_c^L with a_c the common layer diagonal.
+
+Padding (``sd.static(..., pad=True)``, :mod:`specdyn.buckets`): ``dim``, ``width`` and
+``samples`` may be zero-padded. Padded input coordinates and hidden units are zero in
+x and in every layer, so they add nothing to W_end and get zero gradient (the σ²‖W_end‖²
+term included); padded samples (x = 0, label 0) are masked out of the mean, which
+divides by the true n. ``classes`` does not pad (the priors, one-hot targets and the
+softmax run over every class), nor ``test_per_class``.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from specdyn.problem import problem, require, static
+from specdyn.problem import problem, require, size_mask, static, true_size
 
 __all__ = ["GaussianMixture", "class_priors"]
 
@@ -52,12 +59,12 @@ class GaussianMixture:
     """Imbalanced k-class Gaussian mixture, linear/bilinear/deep-linear model."""
 
     classes: int = static(3)  # k
-    dim: int = static(3)  # d ≥ k
+    dim: int = static(3, pad=True)  # d ≥ k
     priors: object = static("power")  # "power" | "step" | tuple of k weights
-    samples: object = static(None)  # None: population squared loss; n: empirical loss
+    samples: object = static(None, pad=True)  # None: population squared loss; n: empirical loss
     loss_type: str = static("squared")  # "squared" | "cross_entropy"
     depth: int = static(1)  # L
-    width: object = static(None)  # hidden width for L ≥ 2 (None: dim)
+    width: object = static(None, pad=True)  # hidden width for L ≥ 2 (None: dim)
     test_per_class: int = static(200)  # stratified test set for accuracies
     imbalance: float = 1.0  # prior exponent ("power") or majority weight ("step")
     mean_norm: float = 1.0  # μ
@@ -154,7 +161,8 @@ class GaussianMixture:
         w = self.end_to_end(params)
         if self.samples is None:
             return jnp.sum(self.class_priors() * self._population_class_loss(w))
-        return jnp.mean(self._pointwise(w, data["x"], data["y"]))
+        per = jnp.where(size_mask(self, "samples"), self._pointwise(w, data["x"], data["y"]), 0.0)
+        return jnp.sum(per) / true_size(self, "samples")  # padded samples masked out
 
     def metrics(self, params, data):
         w = self.end_to_end(params)

@@ -3,6 +3,11 @@
 L(W) = (1/2n) ‖W A − Y‖²_F with W ∈ R^{m×p}, features A ∈ R^{p×n} whose singular
 values fall geometrically from 1 to 1/condition (times sqrt(n)), and targets
 Y = W♯ A + noise·E with a Gaussian ground truth W♯.
+
+Sizes do not pad (no ``pad=True``, see :mod:`specdyn.buckets`): the math would (zero
+rows and columns add nothing; the one normalisation is 1/n), but this is the engine's
+reference problem for one program per size, whose tests sweep ``samples`` and count
+programs and cells.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ y = x₁x₂x₃ with x ~ N(0, I_d), fitted by a bias-free ReLU² network d → 
 (weights [W1, W2, W3, W4]), loss (1/2n)‖f(X) − y‖². The paper's per-layer rule
 (:func:`per_layer_rule`) steps layer ℓ by n/‖A_{ℓ−1}‖²_op (GD) or n/‖A_{ℓ−1}‖²_F (spectral,
 ‖G‖_*·polar(G)), with A_{ℓ−1} the layer's incoming activations at the *current* weights.
+
+Sizes do not pad (:mod:`specdyn.buckets`): the paper's steps come from
+:func:`per_layer_rule`, not a registry optimizer (so the engine would run them one
+program per size anyway), and its rates n/‖A‖² read n from the arrays' shapes.
 """
 
 from __future__ import annotations
