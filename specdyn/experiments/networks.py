@@ -579,7 +579,7 @@ def char_lm_figure(ds: xr.Dataset) -> plt.Figure:
     axes[-1].set(yscale="log", xlabel="step", title=f"nr(G)/st(A) over the {len(blocks)} block matrices")
     axes[-1].legend(fontsize=7)
     fig.suptitle(f"character LM, {ds.attrs.get('layers', '?')} layers, width {ds.attrs.get('width', '?')}, "
-                 f"seq {ds.attrs.get('seq', '?')}, batch {ds.attrs.get('batch', '?')}; text: "
+                 f"seq {ds.attrs.get('seq', '?')}, batch {ds.attrs.get('batch', '?')}, {ds.attrs.get('steps', '?')} steps; text: "
                  f"{ds.attrs.get('text', '?')}; criterion on a fixed probe batch", fontsize=9)
     fig.tight_layout()
     return fig
