@@ -1,6 +1,7 @@
 """Network experiments (PAPERS.md §3) at smoke size, against closed forms and numpy."""
 
 import math
+import sys
 
 import jax
 import matplotlib.pyplot as plt
@@ -137,8 +138,14 @@ def test_char_lm_smoke():
     st = ds.stable_rank.sel(matrix=[n for n in names if n.startswith("L0") or n == "head"])
     assert np.all(np.isfinite(st.values)) and np.all(st.values >= 1 - 1e-4)
     assert np.all(np.isnan(ds.stable_rank.sel(matrix=["embedding", "position"]).values))
+    assert ds.attrs["text"] == f"Python {sys.version_info.major}.{sys.version_info.minor} standard library"
     fig = nw.char_lm_figure(ds)
     assert isinstance(fig, plt.Figure)
+    assert len(fig.axes) == 4  # loss, nr/st per optimizer (2), the ratio over block matrices
+    ratio_lines = {ln.get_label(): ln for ln in fig.axes[-1].get_lines()}
+    blocks = [n for n in names if n.startswith("L")]
+    np.testing.assert_allclose(ratio_lines["muon min"].get_ydata(),
+                               ds.ratio.sel(optimizer="muon", matrix=blocks).min("matrix"), rtol=1e-6)
     plt.close(fig)
     with pytest.raises(ValueError, match="size"):
         nw.char_lm("huge")

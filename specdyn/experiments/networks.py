@@ -23,6 +23,7 @@ import functools
 import math
 import os
 import pathlib
+import sys
 
 import equinox as eqx
 import jax
@@ -419,7 +420,8 @@ def sparse_regression_figure(ds: xr.Dataset) -> plt.Figure:
 
 def python_stdlib_text(max_chars: int = 2_000_000) -> str:
     """The standard library's top-level ``.py`` sources (sorted by name), concatenated,
-    truncated to ``max_chars``: text every Python installation has offline."""
+    truncated to ``max_chars``: text every Python installation has offline. It differs
+    between Python versions (so do the LM's numbers); :func:`char_lm` records the version."""
     root = pathlib.Path(os.path.dirname(os.__file__))
     parts, total = [], 0
     for path in sorted(root.glob("*.py")):
@@ -552,15 +554,18 @@ def char_lm(
                 "matrix": problem.matrix_labels()},
         attrs={**{k: v for k, v in cfg.items()}, "size": size, "muon_lr": muon_lr,
                "adam_lr": adam_lr, "weight_decay": weight_decay, "seed": seed,
-               "text": "python standard library" if text is None else pathlib.Path(text).name,
+               "text": (f"Python {sys.version_info.major}.{sys.version_info.minor} standard library"
+                        if text is None else pathlib.Path(text).name),
                "vocab": vocab, "loss": "cross-entropy on a fixed probe batch of training windows, at records"},
     )
 
 
 def char_lm_figure(ds: xr.Dataset) -> plt.Figure:
-    """Loss per optimizer; nr(G) and st(A) of every matrix over training (per optimizer)."""
+    """Loss per optimizer; nr(G) and st(A) of every matrix over training (per optimizer);
+    nr(G)/st(A) over the blocks' matrices (min and median; the criterion favours a spectral
+    step where it is ≥ 1)."""
     opts = list(ds.optimizer.values)
-    fig, axes = plt.subplots(1, 1 + len(opts), figsize=(4.5 * (1 + len(opts)), 3.8))
+    fig, axes = plt.subplots(1, 2 + len(opts), figsize=(4.5 * (2 + len(opts)), 3.8))
     for k, o in enumerate(opts):
         axes[0].plot(ds.step, ds.loss.sel(optimizer=o), color=f"C{k}", alpha=0.5, label=f"{o} train")
         axes[0].plot(ds.log_step, ds.val_loss.sel(optimizer=o), "o-", color=f"C{k}", label=f"{o} val")
@@ -577,6 +582,18 @@ def char_lm_figure(ds: xr.Dataset) -> plt.Figure:
             ax.plot(ds.log_step, sel.stable_rank, ":", color=color)
         ax.set(yscale="log", xlabel="step", title=f"{o}: nr(G) solid, st(A) dotted")
         ax.legend(fontsize=5, ncol=2)
+    blocks = [m for m in ds.matrix.values if str(m).startswith("L")]
+    ratio = ds.ratio.sel(matrix=blocks)
+    for k, o in enumerate(opts):
+        r = ratio.sel(optimizer=o)
+        axes[-1].plot(ds.log_step, r.min("matrix"), "--", color=f"C{k}", label=f"{o} min")
+        axes[-1].plot(ds.log_step, r.median("matrix"), "-", color=f"C{k}", label=f"{o} median")
+    axes[-1].axhline(1.0, color="grey", lw=0.8)
+    axes[-1].set(yscale="log", xlabel="step", title=f"nr(G)/st(A) over the {len(blocks)} block matrices")
+    axes[-1].legend(fontsize=7)
+    fig.suptitle(f"character LM, {ds.attrs.get('layers', '?')} layers, width {ds.attrs.get('width', '?')}, "
+                 f"seq {ds.attrs.get('seq', '?')}, batch {ds.attrs.get('batch', '?')}, {ds.attrs.get('steps', '?')} steps; text: "
+                 f"{ds.attrs.get('text', '?')}; criterion on a fixed probe batch", fontsize=9)
     fig.tight_layout()
     return fig
 
