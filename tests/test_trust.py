@@ -204,7 +204,13 @@ def test_sigint_during_a_long_cell_exits_130_quickly_and_keeps_finished_cells(tm
     # compile speed, which makes each program call, the unit an interrupt waits for, slower).
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "backend_optimization_level" not in f)
     env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS=flags)
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal delivers it: a test worker may run with SIGINT ignored, which a child
+    # inherits (Python then installs no KeyboardInterrupt handler and the command runs to the end).
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         first = out / "cells" / "cell-0000.npz"
         deadline = time.monotonic() + 240
