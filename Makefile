@@ -48,7 +48,7 @@ bench: install
 	$(BIN)/python bench/sweep.py
 
 lint: install
-	$(BIN)/ruff check specdyn tests bench
+	$(BIN)/ruff check specdyn tests bench notebooks
 
 clean:
 	rm -rf $(VENV) .venv-* build *.egg-info

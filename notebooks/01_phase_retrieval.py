@@ -40,14 +40,18 @@ SIZE = "smoke"  # or "full": the sweep files' full sizes
 if SIZE not in ("smoke", "full"):
     raise ValueError(f'SIZE must be "smoke" or "full", got {SIZE!r}')
 import time
-from pathlib import Path
-import jax, numpy as np, matplotlib.pyplot as plt
 import warnings
+from pathlib import Path
+
+import jax
+import matplotlib.pyplot as plt
 from IPython.display import display
+
 warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm's notebook bar wants ipywidgets; no bar is drawn here
 import specdyn as sd
 from specdyn.config import load_sweep_file
 from specdyn.experiments import phase_retrieval as ex
+
 # %matplotlib inline
 
 SWEEPS = Path('..') / 'sweeps' / 'phase_retrieval'  # the kernel runs in notebooks/

@@ -28,14 +28,20 @@ SIZE = "smoke"  # or "full": the papers' sizes
 # %%
 if SIZE not in ("smoke", "full"):
     raise ValueError(f'SIZE must be "smoke" or "full", got {SIZE!r}')
-import jax, jax.numpy as jnp, numpy as np, matplotlib.pyplot as plt
 import warnings
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
 from IPython.display import display
+
 warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm's notebook bar wants ipywidgets; no bar is drawn here
 import specdyn as sd
+from specdyn.experiments import imbalanced as ex
 from specdyn.problems.gaussian_mixture import GaussianMixture
 from specdyn.reduced import imbalanced as red
-from specdyn.experiments import imbalanced as ex
+
 # %matplotlib inline
 
 
@@ -51,7 +57,8 @@ jax.config.update('jax_enable_x64', True)
 # ## Closed forms vs simulation (d = k = 3, p = (0.5, 0.3, 0.2))
 
 # %%
-P = (0.5, 0.3, 0.2); steps = 300 if SIZE == "full" else 80
+P = (0.5, 0.3, 0.2)
+steps = 300 if SIZE == "full" else 80
 prob = GaussianMixture(classes=3, dim=3, priors=P, mean_norm=1.0, noise=0.5)
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
 for ax, (name, opt, f, lr) in zip(axes, [('gd', sd.gd(0.5), red.gd_alpha, 0.5),
@@ -60,8 +67,11 @@ for ax, (name, opt, f, lr) in zip(axes, [('gd', sd.gd(0.5), red.gd_alpha, 0.5),
     t = np.asarray(out['step'], float)[:, None]
     want = np.asarray(f(t, lr, jnp.asarray(P), 1.0, 0.5))
     print(name, 'max |sim - closed form| =', np.abs(np.asarray(out['alpha']) - want).max())
-    ax.plot(t, out['alpha']); ax.plot(t, want, 'k--', lw=0.8); ax.set(title=name, xlabel='step')
-axes[0].set_ylabel('alpha_c'); plt.show()
+    ax.plot(t, out['alpha'])
+    ax.plot(t, want, 'k--', lw=0.8)
+    ax.set(title=name, xlabel='step')
+axes[0].set_ylabel('alpha_c')
+plt.show()
 
 # %% [markdown]
 # ## Depth: SpecGD saturation step vs α* (slope 1/L on log axes)

@@ -30,13 +30,15 @@ SIZE = "smoke"  # or "full": the papers' sizes
 # %%
 if SIZE not in ("smoke", "full"):
     raise ValueError(f'SIZE must be "smoke" or "full", got {SIZE!r}')
-import jax, numpy as np, matplotlib.pyplot as plt
 import warnings
+
+import matplotlib.pyplot as plt
 from IPython.display import display
+
 warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm's notebook bar wants ipywidgets; no bar is drawn here
-import specdyn as sd
-from specdyn.problems.random_features import RandomFeatures
 from specdyn.experiments import when_spectral_helps as wsh
+from specdyn.problems.random_features import RandomFeatures
+
 # %matplotlib inline
 
 
@@ -102,6 +104,7 @@ show(wsh.growth_figure(g))
 
 # %%
 from specdyn.experiments import networks as nw
+
 ds4 = nw.init_stable_ranks(widths=(64, 128, 256, 512, 1024) if SIZE == "full" else (32, 64, 128), seeds=3 if SIZE == "full" else 1)
 print(ds4['stable_rank'].mean('seed').to_pandas().round(2))
 show(nw.init_stable_rank_figure(ds4))

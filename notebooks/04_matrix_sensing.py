@@ -41,15 +41,20 @@ SIZE = "smoke"  # or "full": the sweep files' full sizes
 if SIZE not in ("smoke", "full"):
     raise ValueError(f'SIZE must be "smoke" or "full", got {SIZE!r}')
 import time
-from pathlib import Path
-import jax, numpy as np, matplotlib.pyplot as plt
 import warnings
+from pathlib import Path
+
+import jax
+import matplotlib.pyplot as plt
+import pandas as pd
 from IPython.display import display
+
 warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm's notebook bar wants ipywidgets; no bar is drawn here
 import specdyn as sd
 from specdyn.config import load_sweep_file
 from specdyn.experiments import matrix_sensing as ex
 from specdyn.results import log_log_slope
+
 # %matplotlib inline
 
 SWEEPS = Path('..') / 'sweeps' / 'matrix_sensing'  # the kernel runs in notebooks/
@@ -76,7 +81,6 @@ def at_horizon(ds, dim):
     """Seed-mean test error at the horizon T against ``dim``, with the plateau rule."""
     err = ds['test_error'].isel(optimizer=0, lr=0).mean('seed')
     reached, ratio = ex.plateau(err.values, ds['step'].values)
-    import pandas as pd
     return pd.DataFrame({f'error at T={int(ds["step"][-1])}': err.isel(step=-1).values,
                          'err(T/2)/err(T)': ratio, 'plateau reached': reached},
                         index=pd.Index(ds[dim].values, name=dim))
@@ -120,7 +124,6 @@ show(ex.error_vs_width(ds_k))
 ds_al = run('alignment')
 ph = ex.alignment_phase(ds_al).isel(optimizer=0, lr=0).mean('seed')
 ends = ex.phase_ends(ds_al).sel(phase='I').isel(optimizer=0, lr=0).mean('seed')
-import pandas as pd
 display(pd.DataFrame({'power-method phase length': ph['length'].values,
                       'angle at its end (rad)': ph['angle'].values,
                       'phase I end (angle ≤ 0.25)': ends.values},
