@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from specdyn._compile import jit
+
 __all__ = [
     "frobenius_norm",
     "nuclear_norm",
@@ -34,7 +36,7 @@ def _scaled(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     return safe_divide(a, scale[..., None, None]), scale
 
 
-@jax.jit
+@jit
 def frobenius_norm(a: jax.Array) -> jax.Array:
     """‖A‖_F over the last two axes, without overflow or underflow."""
     x, scale = _scaled(a)
@@ -46,28 +48,28 @@ def _singular_values(a):
     return jnp.linalg.svd(x, compute_uv=False), scale
 
 
-@jax.jit
+@jit
 def nuclear_norm(a: jax.Array) -> jax.Array:
     """‖A‖_* = sum of singular values."""
     s, scale = _singular_values(a)
     return scale * jnp.sum(s, axis=-1)
 
 
-@jax.jit
+@jit
 def stable_rank(a: jax.Array) -> jax.Array:
     """st(A) = ‖A‖_F² / ‖A‖_2², in [1, rank A]; 0 for a zero matrix."""
     s, _ = _singular_values(a)
     return safe_divide(jnp.sum(jnp.square(s), axis=-1), jnp.square(s[..., 0]))
 
 
-@jax.jit
+@jit
 def nuclear_rank(g: jax.Array) -> jax.Array:
     """nr(G) = ‖G‖_*² / ‖G‖_F², in [1, rank G]; 0 for a zero matrix."""
     s, _ = _singular_values(g)
     return safe_divide(jnp.square(jnp.sum(s, axis=-1)), jnp.sum(jnp.square(s), axis=-1))
 
 
-@jax.jit
+@jit
 def principal_angles(a: jax.Array, b: jax.Array) -> jax.Array:
     """Principal angles (radians, ascending) between the column spaces of a and b.
 

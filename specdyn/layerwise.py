@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
+from specdyn._compile import jit
 from specdyn.diagnostics import nuclear_rank, stable_rank
 
 __all__ = [
@@ -185,7 +186,7 @@ def incoming_activations(loss_fn: Callable[..., Any], params, *args, **kwargs) -
     """
     flat_loss, p_arrays, a_arrays, paths = _flat_loss(loss_fn, params, args, kwargs)
 
-    return jax.jit(lambda p, a: _activations(flat_loss, p, a, paths))(p_arrays, a_arrays)
+    return jit(lambda p, a: _activations(flat_loss, p, a, paths))(p_arrays, a_arrays)
 
 
 def _activations(flat_loss, p_arrays, a_arrays, paths):
@@ -224,7 +225,7 @@ def layerwise_criterion(loss_fn: Callable[..., Any], params, *args, **kwargs) ->
     """
     flat_loss, p_arrays, a_arrays, paths = _flat_loss(loss_fn, params, args, kwargs)
 
-    @jax.jit  # one program (inlined when called under an outer jit)
+    @jit  # one program (inlined when called under an outer jit)
     def compute(p, a):
         grads = jax.grad(flat_loss)(p, a)
         acts = _activations(flat_loss, p, a, paths)

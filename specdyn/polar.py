@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from specdyn._compile import jit
+
 __all__ = [
     "METHODS",
     "NEWTON_SCHULZ_PRESETS",
@@ -285,7 +287,7 @@ def polar_with_config(g: jax.Array, config: PolarConfig) -> jax.Array:
     return _polar_jit(g, config)
 
 
-@functools.partial(jax.jit, static_argnums=1)
+@functools.partial(jit, static_argnums=1)
 def _polar_jit(g: jax.Array, config: PolarConfig) -> jax.Array:
     # One compiled program per (shape, dtype, config): an eager call costs one
     # dispatch instead of one per operation; under an outer jit it is inlined.

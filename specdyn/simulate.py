@@ -15,7 +15,8 @@ point: a group's initial parameters and data are drawn once) and, inside a
 group, over learning rates; ``sd.simulate`` is a sweep of one (one group, one
 rate) through the same programs, and :mod:`specdyn.sweep` calls them with many.
 They are compiled once per (problem shapes, optimizer recipe): the learning
-rate, seed, data fields of the problem, step count and record interval are data.
+rate, seed, data fields of the problem, step count and record interval are data;
+on CPU with LLVM at -O1 (:mod:`specdyn._compile`).
 
 An optimizer built by a specdyn factory (:class:`specdyn.optimizers.Optimizer`)
 is compiled per ``(factory, options)`` with its rate traced; any other optax
@@ -46,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from specdyn._compile import jit
 from specdyn._cpu import blas_threads_limited, warn_if_unguarded
 from specdyn.optimizers import Optimizer
 from specdyn.problem import is_problem, static_fields
@@ -389,20 +391,17 @@ def _draw_program():
         out = jax.vmap(sample_run)(problems, keys, data, params)
         return jax.lax.with_sharding_constraint(out, shard)
 
-    # It runs once per batch, so its compile time is what counts: on CPU, LLVM at -O1
-    # halves it (the random draws' code) and computes the same values.
-    options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
-    return jax.jit(draw, static_argnames="shard", compiler_options=options)
+    return jit(draw, static_argnames="shard")
 
 
-@functools.partial(jax.jit, static_argnames=("recipe", "shard"))
+@functools.partial(jit, static_argnames=("recipe", "shard"))
 def _start_program(rates, params, *, recipe, shard):
     one = lambda rate, p: start_run(recipe.build(rate), p)
     out = jax.vmap(jax.vmap(one, in_axes=(0, None)))(rates, params)
     return jax.lax.with_sharding_constraint(out, shard)
 
 
-@functools.partial(jax.jit, static_argnames=("recipe", "shard", "telemetry"))
+@functools.partial(jit, static_argnames=("recipe", "shard", "telemetry"))
 def _chunk_program(problems, rates, state, data, keys, record, count, *, recipe, shard, telemetry=None):
     def one(problem, rate, state, data, key):
         return run_segments(problem, recipe.build(rate), state, data, key, record, count, telemetry)
@@ -413,7 +412,7 @@ def _chunk_program(problems, rates, state, data, keys, record, count, *, recipe,
 
 
 def _rule_program(rule):
-    return jax.jit(jax.vmap(lambda p, d: jnp.asarray(rule(p, d))))
+    return jit(jax.vmap(lambda p, d: jnp.asarray(rule(p, d))))
 
 
 _rule_programs = functools.lru_cache(maxsize=64)(_rule_program)

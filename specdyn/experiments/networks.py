@@ -34,6 +34,7 @@ import optax
 import xarray as xr
 from scipy import integrate, stats
 
+from specdyn._compile import jit
 from specdyn.diagnostics import frobenius_norm, stable_rank
 from specdyn.layerwise import incoming_activations
 from specdyn.optimizers import muon
@@ -106,7 +107,7 @@ def stable_rank_limit(activation: str) -> float:
     return math.inf if abs(m1) < 1e-12 else m2 / m1**2
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+@functools.partial(jit, static_argnums=(0, 2, 3))
 def _post_activation_stable_ranks(activations, key, width, samples):
     """st(σ(V X)) for each activation, V ∈ R^{width×width} ~ N(0, 1/width), X ~ N(0, 1)."""
     out = []
@@ -131,7 +132,7 @@ _block_name = block_matrix_name
 _BLOCK_MATRICES = ("W_Q", "W_K", "W_V", "W_O", "mlp_in", "mlp_out")
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
+@functools.partial(jit, static_argnums=(1, 2))
 def _block_stable_ranks(key, width, samples):
     """st of each matrix's input in a :class:`TransformerBlock` at init (Gaussian tokens)."""
     kb, kx = jax.random.split(key)
@@ -173,9 +174,9 @@ def init_stable_ranks(
         n = int(round(sample_ratio * width))
         keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), width) for s in range(seeds)])
         # all seeds of a width in one compiled, vmapped call
-        st[:, j, :] = np.asarray(jax.jit(jax.vmap(
+        st[:, j, :] = np.asarray(jit(jax.vmap(
             lambda k, n=n, width=width: _post_activation_stable_ranks(activations, k, width, n)))(keys)).T
-        block[:, j, :] = np.asarray(jax.jit(jax.vmap(
+        block[:, j, :] = np.asarray(jit(jax.vmap(
             lambda k, n=n, width=width: _block_stable_ranks(jax.random.fold_in(k, 99), width, n)))(keys)).T
     return xr.Dataset(
         {
@@ -231,7 +232,7 @@ def sparse_regression_setup(dim: int, samples: int, test_samples: int, seed: int
 sparse_regression_loss = network_loss  # (1/2n)‖f(X) − y‖² for the ReLU² net with weights [W1, ..., W4]
 
 
-@functools.partial(jax.jit, static_argnames=("problem", "spectral", "steps", "record_every"))
+@functools.partial(jit, static_argnames=("problem", "spectral", "steps", "record_every"))
 def _sparse_run(problem, data, params, lr, *, spectral, steps, record_every):
     """One run of the per-layer rule through ``sd.simulate``; the rule is built from the traced
     inputs (an engine sweep cannot: its optimizers do not see the data)."""
@@ -330,7 +331,7 @@ def sparse_regression(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("layer", "iters"))
+@functools.partial(jit, static_argnames=("layer", "iters"))
 def _layer_curvature(w0, x, y, key, *, layer, iters):
     """[gn_max, along_gradient, along_polar, rule_gd, rule_spectral] of one layer at ``w0``
     (see :func:`sparse_regression_curvature`); the power iteration is a ``fori_loop``."""

@@ -33,6 +33,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
+from specdyn._compile import jit
 from specdyn.diagnostics import nuclear_rank, stable_rank
 from specdyn.optimizers import get_optimizer
 from specdyn.problem import pad_instance, problem, require, static, true_size
@@ -176,7 +177,7 @@ def restarts(problem: RandomFeatures, *, seed: int = 0, steps: int = 1000, every
     )
 
 
-@functools.partial(jax.jit, static_argnames=("steps",))
+@functools.partial(jit, static_argnames=("steps",))
 def _spectral_restarts(problem, data, starts, key, steps):
     """SpecGD at the paper's rate from each of ``starts`` (stacked parameters): one vmapped
     ``sd.simulate``; the loss (restart, record). Compiled once per shapes and ``steps``."""

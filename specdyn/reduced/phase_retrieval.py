@@ -47,6 +47,8 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
+from specdyn._compile import jit
+
 
 def _consts(problem):
     if problem.covariance != "spiked":
@@ -77,7 +79,7 @@ def _init(problem):
     return a0, a0, a0
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "record_every", "sign"))
+@functools.partial(jit, static_argnames=("steps", "record_every", "sign"))
 def _map(problem, lr, steps, record_every, sign):
     # one compiled program per (problem shapes, steps, record_every, sign); lr is data
     def step(abc, _):
