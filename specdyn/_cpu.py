@@ -25,7 +25,7 @@ threads waiting in XLA's intra-op pool, with OpenBLAS already at one thread
 (4 of 5 tries on jaxlib 0.10.2; it runs on 0.12.0.1). With a one-thread pool it
 runs. The pool's size is read from the process's CPU affinity when the CPU
 backend starts, so :func:`guard_cpu` starts the backend while the process is
-pinned to one core, then restores the affinity — only on an affected jaxlib
+pinned to one core, then restores the affinity of every thread — only on an affected jaxlib
 (:func:`needs_pool_guard`), only before any JAX backend has started. The command
 line, the test suite and the benchmarks call it first thing; ``sd.simulate`` and
 ``sd.sweep`` call it too (it acts if nothing has started JAX yet) and warn once
@@ -114,8 +114,24 @@ def _start_one_thread_pool() -> None:
     try:
         jax.devices()
     finally:
-        os.sched_setaffinity(0, cpus)
+        _set_every_threads_affinity(cpus)
     _guarded = True
+
+
+def _set_every_threads_affinity(cpus) -> None:
+    """Give every thread of the process the CPU set ``cpus``. Threads started while the
+    process was pinned (XLA's pool and its other threads) inherited the one core and keep
+    it unless set one by one: left so, every JAX computation of the process, and of every
+    other process guarded the same way, ran on that one core."""
+    try:
+        threads = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # no /proc: the calling thread at least
+        threads = [0]
+    for tid in threads:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:  # a thread that ended meanwhile
+            pass
 
 
 def guard_cpu() -> bool:

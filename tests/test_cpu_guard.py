@@ -126,19 +126,23 @@ POOL_PROGRAM = """
     from specdyn._cpu import _jaxlib_version, needs_pool_guard
     applied = specdyn.guard_cpu()
     again = specdyn.guard_cpu()  # the backend runs now: nothing more to do
+    threads = [len(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")]
     print(json.dumps({"needed": needs_pool_guard(), "applied": applied, "again": again,
-                      "jaxlib": list(_jaxlib_version()), "affinity": len(os.sched_getaffinity(0))}))
+                      "jaxlib": list(_jaxlib_version()), "affinity": len(os.sched_getaffinity(0)),
+                      "threads": threads}))
 """
 
 
 @linux_only
 def test_one_thread_pool_only_where_jaxlib_hangs():
     """The pool guard acts on jaxlib < 0.11 with few cores (bench/sweep.py's sweep hung there
-    at 0 % CPU in XLA's pool), never on newer jaxlib; the CPU affinity comes back."""
+    at 0 % CPU in XLA's pool), never on newer jaxlib; the CPU affinity of every thread comes back."""
     out = json.loads(run_python(POOL_PROGRAM).stdout)
     affected = tuple(out["jaxlib"]) < (0, 11) and len(os.sched_getaffinity(0)) <= 4
     assert out["needed"] is affected and out["applied"] is affected and out["again"] is False
     assert out["affinity"] == len(os.sched_getaffinity(0))
+    # every thread, also those JAX started while the process was pinned, may use every core
+    assert len(out["threads"]) > 1 and set(out["threads"]) == {len(os.sched_getaffinity(0))}, out["threads"]
     off = json.loads(run_python(POOL_PROGRAM, SPECDYN_LIMIT_BLAS="0").stdout)
     assert off["needed"] is False and off["applied"] is False
 
