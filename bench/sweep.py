@@ -15,7 +15,8 @@ phase amplifies rounding, so float32 PyTorch and JAX part ways there (in
 float64 they agree to 1e-15 on the non-oscillating rates); compare medians.
 
 Compilation is included in every JAX timing (it is part of what a user waits
-for); (a) is also reported warm. Prints a markdown table; run with
+for); (a) is also reported warm. (a) compiles as specdyn does (on CPU, LLVM at -O1:
+specdyn/_compile.py), (b) and (c) as a user's ``jax.jit`` does (XLA's default level). Prints a markdown table; run with
 ``python bench/sweep.py [--steps N] [--dim D] [--skip-torch] [--skip-baked]``.
 Where this Python has no PyTorch (the CPU wheel at hand is for Python 3.11 only),
 ``--torch-python PY`` times (d) in that interpreter, within the same run, right
