@@ -8,7 +8,11 @@ float32, timed four ways:
   (b) a Python loop of hand-written jitted single runs (one lax.scan each), learning
       rate baked in as a constant (one compilation per learning rate);
   (c) the same loop with the learning rate traced (one compilation);
-  (d) a PyTorch eager loop (CPU) doing the same updates.
+  (d) a PyTorch eager loop (CPU) doing the same updates;
+  (e) the matrix products alone, batched as (a) batches them (one jitted loop per
+      optimizer: the gradient's two products and the Newton-Schulz products, nothing
+      else, on random data), timed warm: a floor for (a) warm, and with (a)'s compile time a floor
+      for (a) cold, so the best ratio over (b) this machine allows is printed too.
 
 SpecGD at a fixed step never converges: it ends in an oscillation whose
 phase amplifies rounding, so float32 PyTorch and JAX part ways there (in
@@ -164,6 +168,37 @@ def step_flops(d: int, n: int) -> dict[str, float]:
     return {"gd": grad, "specgd": grad + 5 * 3 * (2 * d**3)}
 
 
+def products_only(problem, seeds: int, steps: int):
+    """(e): the runs' matrix products and nothing else, batched as sd.sweep batches them
+    (seeds x learning rates of one optimizer share a program; one seed's rates share its
+    data). Returns a function that runs both optimizers' loops once, compiled on first call."""
+    d, n = problem.rows, problem.samples
+    key = jax.random.PRNGKey(0)
+    a = jax.random.normal(key, (seeds, d, n), jax.numpy.float32)
+    y = jax.random.normal(jax.random.fold_in(key, 1), (seeds, d, n), jax.numpy.float32)
+    w = jax.random.normal(jax.random.fold_in(key, 2), (seeds, 8, d, d), jax.numpy.float32) / d
+
+    def gradient(w, a, y):  # (W A - Y) A^T / n; w: (seeds, rates, d, d), a seed's rates share its A, Y
+        r = jax.numpy.einsum("srij,sjn->srin", w, a) - y[:, None]
+        return jax.numpy.einsum("srin,sjn->srij", r, a) / n
+
+    def newton_schulz(x):
+        x = x / jax.numpy.sqrt(jax.numpy.sum(x * x, axis=(-2, -1), keepdims=True))
+        for _ in range(5):
+            gram = x @ jax.numpy.swapaxes(x, -1, -2)
+            x = 3.4445 * x + (-4.7750 * gram + 2.0315 * gram @ gram) @ x
+        return x
+
+    loops = {
+        "gd": lambda w, a, y: jax.lax.fori_loop(0, steps, lambda i, w: w - 1e-3 * gradient(w, a, y), w),
+        "specgd": lambda w, a, y: jax.lax.fori_loop(
+            0, steps, lambda i, w: w - 1e-3 * newton_schulz(gradient(w, a, y)), w
+        ),
+    }
+    compiled = {name: jax.jit(loop) for name, loop in loops.items()}
+    return lambda: jax.block_until_ready([f(w, a, y) for f in compiled.values()])
+
+
 def matmul_peak(size: int) -> float:
     """FLOP/s of one large float32 product on the default device, best of five."""
     x = jax.random.normal(jax.random.PRNGKey(0), (size, size), jax.numpy.float32)
@@ -226,6 +261,11 @@ def main():
             t_d, others["(d)"] = timed(run_torch, problem, args.seeds, args.steps)
             rows.append(("(d) PyTorch eager loop (CPU)", t_d))
 
+    floor = products_only(problem, args.seeds, args.steps)
+    floor()  # compile
+    t_e = min(timed(floor)[0] for _ in range(2))
+    rows.append(("(e) the matrix products alone, batched as in (a) (warm)", t_e))
+
     # The implementations compute the same runs: check before reporting speed.
     final = ds["loss"].isel(step=-1)
     for label, fin in others.items():
@@ -254,6 +294,12 @@ def main():
     print(
         f"(a) warm: {flops / 1e12:.2f} TFLOP of matrix products in {t_a_warm:.2f} s = {rate / 1e9:,.1f} GFLOP/s; "
         f"measured matmul peak {peak / 1e9:,.1f} GFLOP/s: {rate / peak:.0%} of peak"
+    )
+    print(
+        f"(e) products alone: {flops / t_e / 1e9:,.1f} GFLOP/s ({flops / t_e / peak:.0%} of peak); (a) warm takes "
+        f"{t_a_warm / t_e:.2f}x their time. Floor for (a) cold: (e) + (a)'s compile and first-call time "
+        f"({t_a - t_a_warm:.2f} s) = {t_e + t_a - t_a_warm:.2f} s"
+        + (f", so (b)/(a) cold cannot exceed {t_b / (t_e + t_a - t_a_warm):.2f} here" if "(b)" in others else "")
     )
 
 
