@@ -3,7 +3,7 @@
 # the sweep's FLOP rate against a large product, the polar methods, and buckets.
 #
 #   bash bench/gpu.sh           on a machine with one NVIDIA GPU: each part has a time limit,
-#                               together 8.5 minutes if every one were reached
+#                               together 490 s (8.2 minutes) if every one were reached
 #   bash bench/gpu.sh --tiny    every part at tiny sizes on whatever device JAX finds
 #                               (a check of the script on a CPU: no measurement of merit)
 #
@@ -16,7 +16,7 @@
 #   0  packages: specdyn runs from this tree (PYTHONPATH); what Python lacks is installed
 #      from wheels in .whl/ (no index: a GPU machine may have no network), see below
 #   1  environment: nvidia-smi, python, jax, jaxlib, GPU plugin, devices, matmul precision
-#   2  tests of the engine and the transforms, on the GPU (pytest -n 8); failures are rerun
+#   2  tests of the engine and the transforms, on the GPU (pytest -n 12); failures are rerun
 #      once at JAX_DEFAULT_MATMUL_PRECISION=highest, which tells TF32 round-off (JAX's
 #      default for float32 products on recent NVIDIA GPUs) from real failures
 #   3  bench/sweep.py --dim 256 --seeds 64 --sweep-only --peak-matmul 8192 (1024 runs; FLOP
@@ -162,7 +162,7 @@ EOF
 # ---- 2: tests of the engine and the transforms
 if [ "$SIZE" = full ]; then
     TESTS=${SPECDYN_GPU_TESTS:-tests/test_polar.py tests/test_transforms.py tests/test_optimizers.py tests/test_spectral_power.py tests/test_simulate.py tests/test_sweep.py tests/test_buckets_exact.py}
-    PYTEST=(-n 8 -v --tb=short); TEST_LIMIT=140; RERUN_LIMIT=40  # -v: outcomes in the log even on a timeout
+    PYTEST=(-n 12 -v --tb=short); TEST_LIMIT=140; RERUN_LIMIT=40  # -v: outcomes in the log even on a timeout
 else
     TESTS=${SPECDYN_GPU_TESTS:-tests/test_transforms.py}
     PYTEST=(-n 2 -q); TEST_LIMIT=300; RERUN_LIMIT=120
