@@ -103,7 +103,9 @@ need = {"jax": "jax", "jaxlib": "jaxlib", "numpy": "numpy", "scipy": "scipy", "o
         "matplotlib": "matplotlib", "tqdm": "tqdm", "threadpoolctl": "threadpoolctl",
         "pytest": "pytest", "xdist": "pytest-xdist", "hypothesis": "hypothesis"}
 missing = [pkg for mod, pkg in need.items() if importlib.util.find_spec(mod) is None]
-if sys.argv[1] == "full" and "jax" not in missing:
+if sys.argv[1] == "full" and "jax" in missing:  # the GPU build, with the CUDA plugin
+    missing = [pkg for pkg in missing if pkg not in ("jax", "jaxlib")] + ["jax[cuda12]"]
+elif sys.argv[1] == "full":
     try:
         import jax
         if jax.default_backend() != "gpu":
