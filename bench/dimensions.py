@@ -20,13 +20,14 @@ warm, per cell) and FLOP/s of the warm steps.
 ``--rates`` (the first k of each optimizer's 4 rates) shrink either grid, e.g. the
 issue's sizes at a fraction of its runs: ``--steps 500 --seeds 2 --rates 2``;
 ``--modes none,auto,one`` runs the modes in another order (the first pays the process's
-one-off costs).
+one-off costs). ``--json PATH`` writes each mode's row for a script to check goals against.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import time
 
 import jax
@@ -54,6 +55,7 @@ def main(argv=None) -> None:
     parser.add_argument("--modes", default="auto,one,none",
                         help="the modes to run, in this order (default: auto,one,none; the first also pays "
                              "the process's one-off costs)")
+    parser.add_argument("--json", metavar="PATH", help="write each mode's row to this file")
     args = parser.parse_args(argv)
     for name in ("steps", "seeds", "rates"):
         value = getattr(args, name)
@@ -92,7 +94,7 @@ def main(argv=None) -> None:
     print()
     print("| buckets | chosen | programs | cold s | warm s | padded FLOPs / true |")
     print("|---|---|---|---|---|---|")
-    measured = {}
+    measured, rows = {}, {}
     planned = {k: v for k, v in sweep.items() if k != "progress"}
     for mode, buckets in modes.items():
         plans = sweep_plan(problem, buckets=buckets, **planned)
@@ -114,7 +116,14 @@ def main(argv=None) -> None:
         warm = time.perf_counter() - began
         programs = sum(n in ("jit(_chunk_program)", "jit(_start_program)") for n in names)
         measured[mode] = (cold, warm, programs)
+        rows[mode] = {"chosen": chosen, "programs": programs, "cold_s": cold, "warm_s": warm,
+                      "padded_over_true": padded / true_flops}
         print(f"| {mode} | {chosen} | {programs} | {cold:.1f} | {warm:.1f} | {padded / true_flops:.2f} |")
+        if args.json:  # after every mode: a run stopped by a time limit keeps the modes it finished
+            with open(args.json, "w") as f:
+                json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__, "dims": dims,
+                           "seeds": seeds, "rates": len(rates["gd"]), "steps": steps, "modes": rows}, f,
+                          indent=1)
     if "none" not in measured:
         return
     cold, warm, programs = measured["none"]

@@ -22,6 +22,11 @@ Compilation is included in every JAX timing (it is part of what a user waits
 for); (a) is also reported warm. (a) compiles as specdyn does (on CPU, LLVM at -O1:
 specdyn/_compile.py), (b) and (c) as a user's ``jax.jit`` does (XLA's default level). Prints a markdown table; run with
 ``python bench/sweep.py [--steps N] [--dim D] [--skip-torch] [--skip-baked]``.
+The FLOP rate of (a) warm is put against one large product measured in the same run
+(``--peak-matmul N``: an N x N float32 product, jitted, best of five; default 8192 on a
+GPU, 2048 elsewhere; float32 products run at the backend's default precision, TF32 on
+recent NVIDIA GPUs, for the sweep and the peak alike). ``--json PATH`` writes the
+timings and that fraction for a script to check goals against.
 Where this Python has no PyTorch (the CPU wheel at hand is for Python 3.11 only),
 ``--torch-python PY`` times (d) in that interpreter, within the same run, right
 after the others.
@@ -54,7 +59,7 @@ def machine() -> str:
     except OSError:
         pass
     dev = jax.devices()[0]
-    return f"{cpu}, {jax.local_device_count()} x {dev.platform} device(s), {len(jax.devices())} JAX device(s), python {platform.python_version()}, jax {jax.__version__}"
+    return f"{cpu}, {jax.local_device_count()} x {dev.platform} device(s) ({dev.device_kind}), {len(jax.devices())} JAX device(s), python {platform.python_version()}, jax {jax.__version__}"
 
 
 FACTORIES = {
@@ -228,10 +233,20 @@ def main():
     parser.add_argument("--skip-baked", action="store_true", help="skip (b), the loop that recompiles per lr")
     parser.add_argument("--torch-python", help="time (d) with this Python (one that has PyTorch)")
     parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--peak-matmul", type=int, metavar="N",
+                        help="size of the float32 N x N product that measures the peak (default: 8192 on a "
+                             "GPU, 2048 elsewhere)")
+    parser.add_argument("--json", metavar="PATH", help="write the timings and the fraction of peak to this file")
     parser.add_argument(
         "--sweep-only", action="store_true", help="time (a) only, e.g. 64 seeds at d = 256 on a GPU (1024 runs)"
     )
     args = parser.parse_args()
+    for name in ("dim", "seeds", "steps", "peak_matmul"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.steps < 10:
+        parser.error(f"--steps must be at least 10 (records every steps // 10), got {args.steps}")
     d = args.dim
     problem = sd.problems.MatrixLeastSquares(rows=d, cols=d, samples=4 * d, condition=10.0)
     if args.torch_only:  # called by --torch-python: one JSON line
@@ -288,12 +303,13 @@ def main():
 
     # FLOP rate of (a) warm against the device's own large-matmul rate.
     flops = sum(f * 8 * args.seeds * args.steps for f in step_flops(d, 4 * d).values())
-    peak = matmul_peak(8192 if jax.default_backend() == "gpu" else 2048)
+    peak_size = args.peak_matmul or (8192 if jax.default_backend() == "gpu" else 2048)
+    peak = matmul_peak(peak_size)
     rate = flops / t_a_warm
     print()
     print(
         f"(a) warm: {flops / 1e12:.2f} TFLOP of matrix products in {t_a_warm:.2f} s = {rate / 1e9:,.1f} GFLOP/s; "
-        f"measured matmul peak {peak / 1e9:,.1f} GFLOP/s: {rate / peak:.0%} of peak"
+        f"measured matmul peak {peak / 1e9:,.1f} GFLOP/s ({peak_size}² float32): {rate / peak:.0%} of peak"
     )
     print(
         f"(e) products alone: {flops / t_e / 1e9:,.1f} GFLOP/s ({flops / t_e / peak:.0%} of peak); (a) warm takes "
@@ -301,6 +317,12 @@ def main():
         f"({t_a - t_a_warm:.2f} s) = {t_e + t_a - t_a_warm:.2f} s"
         + (f", so (b)/(a) cold cannot exceed {t_b / (t_e + t_a - t_a_warm):.2f} here" if "(b)" in others else "")
     )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "dim": d, "seeds": args.seeds, "steps": args.steps, "runs": runs,
+                       "cold_s": t_a, "warm_s": t_a_warm, "products_alone_s": t_e, "flops": flops,
+                       "rate": rate, "peak_size": peak_size, "peak": peak, "fraction_of_peak": rate / peak},
+                      f, indent=1)
 
 
 if __name__ == "__main__":
