@@ -120,7 +120,7 @@ def pads_exactly(recipe: Recipe) -> bool:
     if recipe.factory is not OPTIMIZERS["muon"]:
         return True
     options = dict(recipe.options)
-    _, scaling = muon_settings(options.get("convention", "specdyn"), shape_scaling=options.get("shape_scaling"))
+    _, scaling = muon_settings(options.get("convention", "specdyn"), shape_scaling=options.get("shape_scaling", "auto"))
     return scaling == "none"
 
 

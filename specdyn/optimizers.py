@@ -217,18 +217,19 @@ def shampoo(learning_rate, *, exponent: float = 0.25, eps: float = 1e-6, decay: 
 MUON_CONVENTIONS = ("specdyn", "optax")
 
 
-def muon_settings(convention: str = "specdyn", *, layout=None, shape_scaling=None) -> tuple[str, str]:
-    """``(layout, shape_scaling)`` that :func:`muon` uses for these options, defaults filled in."""
+def muon_settings(convention: str = "specdyn", *, layout: str = "auto", shape_scaling: str = "auto") -> tuple[str, str]:
+    """``(layout, shape_scaling)`` that :func:`muon` uses for these options, ``"auto"``
+    replaced by the convention's choice."""
     if convention not in MUON_CONVENTIONS:
         raise ValueError(f"unknown Muon convention={convention!r}; choose one of {MUON_CONVENTIONS}")
-    if layout is None:
+    if layout == "auto":
         layout = "out_in" if convention == "specdyn" else "in_out"
-    if shape_scaling is None:
+    if shape_scaling == "auto":
         shape_scaling = "none" if convention == "specdyn" else "keller"
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown weight layout={layout!r}; choose one of {LAYOUTS}")
+        raise ValueError(f"unknown weight layout={layout!r}; choose one of {('auto', *LAYOUTS)}")
     if shape_scaling not in SHAPE_SCALINGS:
-        raise ValueError(f"unknown shape_scaling={shape_scaling!r}; choose one of {SHAPE_SCALINGS}")
+        raise ValueError(f"unknown shape_scaling={shape_scaling!r}; choose one of {('auto', *SHAPE_SCALINGS)}")
     return layout, shape_scaling
 
 
@@ -244,8 +245,8 @@ def muon(
     coeffs=None,
     compute_dtype=None,
     convention: str = "specdyn",
-    shape_scaling: str | None = None,
-    layout: str | None = None,
+    shape_scaling: str = "auto",
+    layout: str = "auto",
     adam_learning_rate=None,
     adam_b1: float = 0.9,
     adam_b2: float = 0.999,
@@ -264,7 +265,8 @@ def muon(
     ``adam_learning_rate`` (default ``learning_rate``) and weight decay
     ``adam_weight_decay``.
 
-    ``convention`` picks the momentum form and the defaults of the options left at None:
+    ``convention`` picks the momentum form and what ``"auto"`` (``shape_scaling``,
+    ``layout``) and None (``adam_weight_decay``) mean:
 
     * ``"specdyn"`` (default): m ← β m + G and M = G + β m with ``nesterov``, else m
       (``optax.trace``; Jordan's reference code up to a factor, which the polar factor
@@ -274,12 +276,14 @@ def muon(
     * ``"optax"``: ``optax.contrib.muon``'s: the bias-corrected average of
       :func:`specdyn.bias_corrected_momentum` (NAdam's form with ``nesterov``); layout
       ``"in_out"``; shape scaling ``"keller"``; Adam with Nesterov momentum when
-      ``nesterov`` (optax passes it on) and ``adam_weight_decay = 0``. With the same
-      options, ``sd.muon(lr, convention="optax")`` gives optax 0.2.5-0.2.8's
-      ``optax.contrib.muon(lr)`` updates on matrices and vectors (to float32 round-off;
-      optax adds 1e-8 to ‖M‖_F before Newton-Schulz, specdyn divides exactly). One
-      difference stays: optax sends leaves with ndim > 2 to Adam, specdyn treats them
-      as stacks of matrices.
+      ``nesterov`` (optax passes it on) and ``adam_weight_decay = 0``. So
+      ``sd.muon(lr, convention="optax")`` gives ``optax.contrib.muon(lr)``'s updates on
+      matrices and vectors (tested on optax 0.2.8; the same in the source of 0.2.5 to
+      0.2.8), and with matched options too: ``momentum`` is optax's ``beta``,
+      ``adam_eps`` its ``eps``, ``shape_scaling="moonlight"`` its ``consistent_rms=0.2``
+      (to float32 round-off: optax adds ``eps`` to ‖M‖_F before Newton-Schulz, specdyn
+      divides exactly). One difference stays: optax sends leaves with ndim > 2 to
+      Adam, specdyn treats them as stacks of matrices.
 
     The two conventions' first updates differ by the shape factor alone: on a (16, 64)
     weight used as x @ W, ``optax.contrib.muon`` scales polar(G) by sqrt(64/16) = 2, and
