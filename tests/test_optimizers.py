@@ -318,7 +318,8 @@ def test_muon_conventions_on_an_x_at_w_hidden_layer_reproduce_the_factor_two():
 
     for opt, factor in [(optax.contrib.muon(1.0), 2.0), (sd.muon(1.0, convention="optax", layout="out_in"), 1.0),
                         (sd.muon(1.0), 1.0), (sd.muon(1.0, shape_scaling="keller"), 1.0),
-                        (sd.muon(1.0, shape_scaling="keller", layout="in_out"), 2.0)]:
+                        (sd.muon(1.0, shape_scaling="keller", layout="in_out"), 2.0),
+                        (sd.muon(1.0, convention="optax", shape_scaling="none"), 1.0)]:
         np.testing.assert_allclose(first(opt), factor * polar, rtol=0, atol=1e-5)
     ratio = np.linalg.norm(first(optax.contrib.muon(1.0))) / np.linalg.norm(first(sd.muon(1.0)))
     assert abs(ratio - 2.0) < 1e-5
