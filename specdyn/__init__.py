@@ -17,6 +17,7 @@ from specdyn.optimizers import Optimizer
 from specdyn.optimizers import adam
 from specdyn.optimizers import gd
 from specdyn.optimizers import get_optimizer
+from specdyn.optimizers import matrix_labels
 from specdyn.optimizers import muon
 from specdyn.optimizers import normalized_gd
 from specdyn.optimizers import shampoo
@@ -35,6 +36,7 @@ from specdyn.sweep import LearningRateRule
 from specdyn.sweep import sweep
 from specdyn.telemetry import Telemetry
 from specdyn.telemetry import telemetry_leaves
+from specdyn.transforms import bias_corrected_momentum
 from specdyn.transforms import normalize_frobenius
 from specdyn.transforms import scale_by_polar
 from specdyn.transforms import scale_by_shampoo
@@ -49,6 +51,7 @@ __all__ = [
     "Optimizer",
     "Telemetry",
     "adam",
+    "bias_corrected_momentum",
     "frobenius_norm",
     "gd",
     "get_optimizer",
@@ -56,6 +59,7 @@ __all__ = [
     "incoming_activations",
     "layerwise_criterion",
     "layerwise_metrics",
+    "matrix_labels",
     "matrix_paths",
     "muon",
     "normalize_frobenius",

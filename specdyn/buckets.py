@@ -22,7 +22,8 @@ GD, sign GD, normalized GD, Adam, Shampoo (its ``eps·I`` on a padded block only
 meets zero rows of G), Newton-Schulz and Polar Express, and the SVD's default rank
 tolerance counts only rows and columns that are not all zero
 (:func:`specdyn.polar.default_rank_tol`). The one shape-dependent option, Muon's
-``shape_scaling`` other than ``"none"``, and any optimizer not from the registry
+``shape_scaling`` other than ``"none"`` (the default of ``convention="optax"`` is
+``"keller"``), and any optimizer not from the registry
 (whose math the engine cannot know) run one program per size, as do given
 ``data=`` and a problem whose ``__can_pad__()`` is False.
 
@@ -55,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specdyn.optimizers import OPTIMIZERS
+from specdyn.optimizers import OPTIMIZERS, muon_settings
 from specdyn.problem import pad_instance, padded_fields
 from specdyn.simulate import Recipe, RunState, record_metrics, sample_run, start_run, train_steps
 
@@ -116,8 +117,11 @@ def pads_exactly(recipe: Recipe) -> bool:
     registry optimizer, except Muon with a shape scaling (it needs the true shape)."""
     if recipe.factory is None or recipe.factory not in OPTIMIZERS.values():
         return False
+    if recipe.factory is not OPTIMIZERS["muon"]:
+        return True
     options = dict(recipe.options)
-    return not (recipe.factory is OPTIMIZERS["muon"] and options.get("shape_scaling", "none") != "none")
+    _, scaling = muon_settings(options.get("convention", "specdyn"), shape_scaling=options.get("shape_scaling", "auto"))
+    return scaling == "none"
 
 
 def at_sizes(problem, sizes: dict):

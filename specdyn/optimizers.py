@@ -25,6 +25,9 @@ import optax
 
 from specdyn.polar import polar_config
 from specdyn.transforms import (
+    LAYOUTS,
+    SHAPE_SCALINGS,
+    bias_corrected_momentum,
     normalize_frobenius,
     scale_by_polar,
     scale_by_shampoo,
@@ -37,8 +40,11 @@ __all__ = [
     "Optimizer",
     "adam",
     "gd",
+    "MUON_CONVENTIONS",
     "get_optimizer",
+    "matrix_labels",
     "muon",
+    "muon_settings",
     "normalized_gd",
     "optimizer_options",
     "shampoo",
@@ -206,6 +212,27 @@ def shampoo(learning_rate, *, exponent: float = 0.25, eps: float = 1e-6, decay: 
     )
 
 
+# What each Muon convention sets (see :func:`muon`): the momentum form, and the defaults of the
+# weight layout, the shape scaling and the weight decay of the non-matrix leaves' Adam.
+MUON_CONVENTIONS = ("specdyn", "optax")
+
+
+def muon_settings(convention: str = "specdyn", *, layout: str = "auto", shape_scaling: str = "auto") -> tuple[str, str]:
+    """``(layout, shape_scaling)`` that :func:`muon` uses for these options, ``"auto"``
+    replaced by the convention's choice."""
+    if convention not in MUON_CONVENTIONS:
+        raise ValueError(f"unknown Muon convention={convention!r}; choose one of {MUON_CONVENTIONS}")
+    if layout == "auto":
+        layout = "out_in" if convention == "specdyn" else "in_out"
+    if shape_scaling == "auto":
+        shape_scaling = "none" if convention == "specdyn" else "keller"
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown weight layout={layout!r}; choose one of {('auto', *LAYOUTS)}")
+    if shape_scaling not in SHAPE_SCALINGS:
+        raise ValueError(f"unknown shape_scaling={shape_scaling!r}; choose one of {('auto', *SHAPE_SCALINGS)}")
+    return layout, shape_scaling
+
+
 @_recognisable
 def muon(
     learning_rate,
@@ -217,22 +244,52 @@ def muon(
     steps: int | None = 5,
     coeffs=None,
     compute_dtype=None,
-    shape_scaling: str = "none",
+    convention: str = "specdyn",
+    shape_scaling: str = "auto",
+    layout: str = "auto",
     adam_learning_rate=None,
     adam_b1: float = 0.9,
     adam_b2: float = 0.999,
     adam_eps: float = 1e-8,
+    adam_weight_decay: float | None = None,
 ) -> optax.GradientTransformation:
     """Muon: momentum, then the (approximate) polar factor, on every matrix leaf.
 
-    Matrix leaves (ndim >= 2, last two axes): m ← β m + G; the direction is
-    polar(G + β m) with ``nesterov`` (else polar(m)), times the shape factor
-    (:func:`scale_by_shape`), plus decoupled weight decay:
-    W ← W − lr·(polar(·) + weight_decay·W). Other leaves (biases, gains) go to
-    AdamW with ``adam_learning_rate`` (default: ``learning_rate``).
+    Matrix leaves (ndim >= 2, last two axes; leading axes are a stack of matrices):
+    W ← W − lr·(s·polar(M) + weight_decay·W), with M the momentum below, polar by
+    ``method`` (default: 5 Newton-Schulz steps with Jordan's quintic), s the shape
+    factor of ``shape_scaling`` (:func:`specdyn.scale_by_shape`: ``"none"``,
+    ``"keller"`` = sqrt(max(1, fan_out/fan_in)) or ``"moonlight"``) read in ``layout``
+    (``"out_in"``: a (fan_out, fan_in) weight used as W @ x; ``"in_out"``: a (fan_in,
+    fan_out) weight used as x @ W). Other leaves (biases, gains) go to Adam with
+    ``adam_learning_rate`` (default ``learning_rate``) and weight decay
+    ``adam_weight_decay``.
 
-    Momentum here sums gradients (``optax.trace``) where Jordan's reference code
-    averages them; the polar factor is scale invariant, so the updates agree.
+    ``convention`` picks the momentum form and what ``"auto"`` (``shape_scaling``,
+    ``layout``) and None (``adam_weight_decay``) mean:
+
+    * ``"specdyn"`` (default): m ← β m + G and M = G + β m with ``nesterov``, else m
+      (``optax.trace``; Jordan's reference code up to a factor, which the polar factor
+      ignores); layout ``"out_in"`` (this package's problems, PyTorch and Jordan's code);
+      shape scaling ``"none"`` (the pure method, and independent of the layout);
+      AdamW with ``adam_weight_decay = weight_decay``.
+    * ``"optax"``: ``optax.contrib.muon``'s: the bias-corrected average of
+      :func:`specdyn.bias_corrected_momentum` (NAdam's form with ``nesterov``); layout
+      ``"in_out"``; shape scaling ``"keller"``; Adam with Nesterov momentum when
+      ``nesterov`` (optax passes it on) and ``adam_weight_decay = 0``. So
+      ``sd.muon(lr, convention="optax")`` gives ``optax.contrib.muon(lr)``'s updates on
+      matrices and vectors (tested on optax 0.2.8; the same in the source of 0.2.5 to
+      0.2.8), and with matched options too: ``momentum`` is optax's ``beta``,
+      ``adam_eps`` its ``eps``, ``shape_scaling="moonlight"`` its ``consistent_rms=0.2``
+      (to float32 round-off: optax adds ``eps`` to ‖M‖_F before Newton-Schulz, specdyn
+      divides exactly). One difference stays: optax sends leaves with ndim > 2 to
+      Adam, specdyn treats them as stacks of matrices.
+
+    The two conventions' first updates differ by the shape factor alone: on a (16, 64)
+    weight used as x @ W, ``optax.contrib.muon`` scales polar(G) by sqrt(64/16) = 2, and
+    ``"specdyn"`` by 1 (``shape_scaling="keller"`` there would read the 16 rows as
+    fan_out: factor 1 as well). Later updates also differ by the momentum form, and the
+    biases by Nesterov Adam. Bad option values raise ValueError naming the option.
     """
     # momentum and weight_decay may be traced (a sweep's option axes vmap over them):
     # concrete values are checked here, traced ones were checked before tracing.
@@ -240,13 +297,23 @@ def muon(
         raise ValueError(f"momentum must lie in [0, 1), got {momentum=}")
     if not isinstance(weight_decay, jax.core.Tracer) and not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay=}")
+    if adam_weight_decay is not None and not isinstance(adam_weight_decay, jax.core.Tracer) and not adam_weight_decay >= 0:
+        raise ValueError(f"adam_weight_decay must be >= 0, got {adam_weight_decay=}")
+    layout, shape_scaling = muon_settings(convention, layout=layout, shape_scaling=shape_scaling)
     if method == "svd" and steps == 5:
         steps = None  # the default step count means nothing to the exact method
     polar_config(method=method, steps=steps, coeffs=coeffs, compute_dtype=compute_dtype)
+    optax_form = convention == "optax"
+    if adam_weight_decay is None:
+        adam_weight_decay = 0.0 if optax_form else weight_decay
+    if optax_form:
+        momentum_tx = bias_corrected_momentum(momentum, nesterov=nesterov)
+    else:
+        momentum_tx = optax.trace(decay=momentum, nesterov=nesterov)
     matrix = optax.chain(
-        optax.trace(decay=momentum, nesterov=nesterov),
+        momentum_tx,
         scale_by_polar(method=method, steps=steps, coeffs=coeffs, compute_dtype=compute_dtype),
-        scale_by_shape(shape_scaling),
+        scale_by_shape(shape_scaling, layout=layout),
         optax.add_decayed_weights(weight_decay),
         optax.scale_by_learning_rate(learning_rate),
     )
@@ -255,10 +322,17 @@ def muon(
         b1=adam_b1,
         b2=adam_b2,
         eps=adam_eps,
-        weight_decay=weight_decay,
+        weight_decay=adam_weight_decay,
+        nesterov=bool(nesterov) and optax_form,
     )
-    labels = lambda params: jax.tree.map(lambda p: "matrix" if p.ndim >= 2 else "other", params)
-    return _keep_dtype(optax.partition({"matrix": matrix, "other": other}, labels))
+    return _keep_dtype(optax.partition({"matrix": matrix, "other": other}, matrix_labels))
+
+
+def matrix_labels(params):
+    """``"matrix"`` for every leaf with ndim >= 2, ``"other"`` for the rest: the labels
+    of ``optax.partition`` that route matrices to a spectral transform and biases,
+    gains and scalars elsewhere (as :func:`muon` does)."""
+    return jax.tree.map(lambda p: "matrix" if jnp.ndim(p) >= 2 else "other", params)
 
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {

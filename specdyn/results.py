@@ -25,6 +25,7 @@ __all__ = [
     "problem_of",
     "save",
     "seed_statistics",
+    "select",
 ]
 
 
@@ -110,6 +111,40 @@ def best_learning_rate(ds: xr.Dataset, metric: str, *, mode: str = "min", rule: 
     fill = np.inf if mode == "min" else -np.inf
     best = score.fillna(fill).argmin("lr") if mode == "min" else score.fillna(fill).argmax("lr")
     return ds.isel(lr=best)
+
+
+def select(ds: xr.Dataset, optimizer: str | None = None, learning_rate=None, *, rtol: float = 1e-6) -> xr.Dataset:
+    """The runs of one optimizer and/or one learning rate, the rate given by value.
+
+    ``lr`` is an index (optimizers have their own rate grids, so the rates are the 2-D
+    coordinate ``learning_rate(optimizer, lr)``): ``ds.sel(lr=0.03)`` cannot work, and
+    ``select(ds, "gd", 0.03)`` is ``ds.sel(optimizer="gd")`` at the ``lr`` whose rate
+    equals 0.03 to relative tolerance ``rtol``, with the ``optimizer`` and ``lr`` dims
+    selected away (their coordinates stay, as ``.sel`` leaves them). Without
+    ``optimizer``, the rate must sit at the same ``lr`` index for every optimizer
+    (one list of rates for all); without ``learning_rate``, the optimizer alone. With
+    rates from a rule, ``learning_rate`` holds the rule's multipliers. An optimizer or a
+    rate the Dataset lacks raises ValueError naming it and those it has.
+    """
+    names = [str(n) for n in ds["optimizer"].values]
+    if optimizer is not None:
+        if optimizer not in names:
+            raise ValueError(f"no optimizer={optimizer!r} in the results; they hold {names}")
+        ds = ds.sel(optimizer=optimizer)
+    if learning_rate is None:
+        return ds
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float | np.number):
+        raise ValueError(f"learning_rate must be a number, got {learning_rate=!r}")
+    rates = np.atleast_2d(ds["learning_rate"].transpose(..., "lr").values)  # (optimizers, lr)
+    hit = np.isclose(rates, float(learning_rate), rtol=rtol, atol=0.0).all(axis=0)
+    if not hit.any():
+        have = {n: [float(r) for r in row] for n, row in zip([optimizer] if optimizer else names, rates, strict=True)}
+        where = f"optimizer {optimizer!r}" if optimizer else "every optimizer at one lr index"
+        raise ValueError(
+            f"no learning_rate={learning_rate!r} for {where} (to rtol={rtol:g}); the rates are {have}"
+            + ("" if optimizer else "; pass optimizer= to pick one optimizer's grid")
+        )
+    return ds.isel(lr=int(np.flatnonzero(hit)[0]))
 
 
 # ------------------------------------------------------------ seed statistics

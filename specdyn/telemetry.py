@@ -9,7 +9,8 @@ entry per matrix, named ``"['W'][i]"``), it summarises the singular values of
 * ``weights`` — the parameters;
 * ``grads`` — the full-data gradient at them;
 * ``polar_input`` — what the optimizer's polar step receives (the gradient for
-  SpecGD, Nesterov momentum ``G + βm`` for Muon); NaN for an optimizer without a
+  SpecGD, Nesterov momentum ``G + βm`` for Muon, its bias-corrected form with
+  ``convention="optax"``); NaN for an optimizer without a
   polar step (GD, Adam, Shampoo, spectral powers) and for leaves it routes elsewhere;
 * ``update`` — the update the step applies (``optax`` sign: ``-lr · direction``).
 

@@ -22,8 +22,10 @@ from specdyn.diagnostics import safe_divide
 from specdyn.polar import default_rank_tol, polar_config, polar_with_config
 
 __all__ = [
+    "BiasCorrectedMomentumState",
     "ScaleByPolarState",
     "ScaleByShampooState",
+    "bias_corrected_momentum",
     "normalize_frobenius",
     "polar_tap",
     "scale_by_polar",
@@ -221,24 +223,32 @@ def normalize_frobenius() -> optax.GradientTransformation:
 
 
 SHAPE_SCALINGS = ("none", "keller", "moonlight")
+LAYOUTS = ("out_in", "in_out")
 
 
-def scale_by_shape(kind: str = "none") -> optax.GradientTransformation:
-    """Scale each matrix update by a factor of its shape (m, n) = last two axes.
+def scale_by_shape(kind: str = "none", *, layout: str = "out_in") -> optax.GradientTransformation:
+    """Scale each matrix update by a factor of its shape, the last two axes.
 
-    ``"keller"``: sqrt(max(1, m/n)) (Muon's reference code); ``"moonlight"``:
-    0.2 * sqrt(max(m, n)), which matches AdamW's update RMS (Liu et al. 2025);
-    ``"none"``: 1.
+    ``layout`` says which axis is which: ``"out_in"``, shape (..., fan_out, fan_in),
+    a weight used as W @ x (PyTorch's layout, Jordan's code, this package's
+    problems); ``"in_out"``, shape (..., fan_in, fan_out), used as x @ W (optax's
+    and flax's layout). ``"keller"``: sqrt(max(1, fan_out/fan_in)) (Muon's
+    reference code; ``optax.contrib.muon``'s default width scaling);
+    ``"moonlight"``: 0.2 * sqrt(max(fan_in, fan_out)), which matches AdamW's update
+    RMS (Liu et al. 2025; ``optax.contrib.muon(consistent_rms=0.2)``); ``"none"``: 1.
     """
     if kind not in SHAPE_SCALINGS:
         raise ValueError(f"unknown shape scaling kind={kind!r}; choose one of {SHAPE_SCALINGS}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown weight layout={layout!r}; choose one of {LAYOUTS}")
 
     def factor(shape):
-        m, n = shape[-2:]
+        rows, cols = shape[-2:]
+        fan_out, fan_in = (rows, cols) if layout == "out_in" else (cols, rows)
         if kind == "keller":
-            return math.sqrt(max(1.0, m / n))
+            return math.sqrt(max(1.0, fan_out / fan_in))
         if kind == "moonlight":
-            return 0.2 * math.sqrt(max(m, n))
+            return 0.2 * math.sqrt(max(fan_in, fan_out))
         return 1.0
 
     def update_fn(updates, state, params=None):
@@ -246,6 +256,44 @@ def scale_by_shape(kind: str = "none") -> optax.GradientTransformation:
         return jax.tree.map(lambda g: g * factor(g.shape), updates), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+class BiasCorrectedMomentumState(NamedTuple):
+    """State of :func:`bias_corrected_momentum`."""
+
+    count: jax.Array  # shape=(), int32: updates so far
+    mu: Any  # per leaf: the exponential moving average of the gradients
+
+
+def bias_corrected_momentum(decay=0.95, *, nesterov: bool = True) -> optax.GradientTransformation:
+    """Momentum as ``optax.contrib.muon`` forms it: a bias-corrected average.
+
+    m_t = β m_{t-1} + (1 - β) G_t; the output is m_t / (1 - β^t), or with
+    ``nesterov`` (NAdam's form) β m_t / (1 - β^(t+1)) + (1 - β) G_t / (1 - β^t).
+    Without ``nesterov`` it is ``optax.trace``'s sum up to a factor; with it, the
+    gradient's weight against the sum's differs from ``optax.trace``'s G + β m by
+    (1 - β^(t+1)) / (1 - β^t) (1 at t = 1, 1.46 at t = 2 for β = 0.95, → 1).
+    ``decay`` may be traced.
+    """
+
+    def init_fn(params):
+        return BiasCorrectedMomentumState(count=jnp.zeros([], jnp.int32), mu=optax.tree.zeros_like(params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        mu = optax.tree.update_moment(updates, state.mu, decay, 1)
+        count = optax.safe_increment(state.count)
+        if nesterov:
+            out = jax.tree.map(
+                lambda m, g: decay * m + (1 - decay) * g,
+                optax.tree.bias_correction(mu, decay, optax.safe_increment(count)),
+                optax.tree.bias_correction(updates, decay, count),
+            )
+        else:
+            out = optax.tree.bias_correction(mu, decay, count)
+        return out, BiasCorrectedMomentumState(count=count, mu=mu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 class ScaleByShampooState(NamedTuple):

@@ -134,9 +134,13 @@ def test_auto_buckets_cost_model():
 def test_who_pads_and_bad_buckets():
     problem = sd.problems.PhaseRetrieval(dim=6)
     args = dict(learning_rates=[0.1], seeds=1, steps=4, grid={"dim": [6, 8]})
+    # a shape scaling needs the true shape: explicit, or the default of Muon's optax convention
     plans = sweep_plan(problem, optimizers={"keller": opt("muon", shape_scaling="keller"), "gd": opt("gd"),
-                                           "mine": lambda lr: sd.gd(lr)}, buckets={"dim": [8]}, **args)
-    assert {p.optimizer: p.bucket for p in plans} == {"keller": None, "gd": {"dim": 8}, "mine": None}
+                                           "mine": lambda lr: sd.gd(lr), "optax": opt("muon", convention="optax"),
+                                           "optax_none": opt("muon", convention="optax", shape_scaling="none")},
+                       buckets={"dim": [8]}, **args)
+    assert {p.optimizer: p.bucket for p in plans} == {"keller": None, "gd": {"dim": 8}, "mine": None,
+                                                     "optax": None, "optax_none": {"dim": 8}}
     assert all(p.bucket is None for p in sweep_plan(problem, optimizers=["gd"], buckets=None, **args))
     # a problem that does not opt in keeps one program per size, with no error
     plain = sd.problems.MatrixLeastSquares(rows=3, cols=3, samples=4)

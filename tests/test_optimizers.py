@@ -1,5 +1,7 @@
 """The optimizer registry through one battery (like optax's alias_test.py), and references."""
 
+import inspect
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -244,6 +246,106 @@ def test_muon_adam_learning_rate_and_batched_matrices():
     np.testing.assert_allclose(np.asarray(upd["b"]), -0.001 * np.sign(g["b"]), rtol=1e-4)
 
 
+# An MLP's parameters in optax's layout, x @ W: W has shape (fan_in, fan_out). Non-square
+# hidden layers, so the shape factor sqrt(max(1, fan_out/fan_in)) is 2 on W1, 1 elsewhere.
+MLP_SHAPES = {"W1": (16, 64), "b1": (64,), "W2": (64, 64), "b2": (64,), "W3": (64, 8), "b3": (8,)}
+HAS_CONSISTENT_RMS = "consistent_rms" in inspect.signature(optax.contrib.muon).parameters
+
+
+def _mlp_grads(dtype, steps=4, seed=11):
+    rng = np.random.default_rng(seed)
+    draw = lambda: {k: jnp.asarray(rng.standard_normal(s), dtype) for k, s in MLP_SHAPES.items()}
+    return draw(), [draw() for _ in range(steps)]
+
+
+def _updates(opt, params, grads):
+    """Every update of ``opt`` along the trajectory it makes from ``params``."""
+    state, out, update = opt.init(params), [], jax.jit(opt.update)  # eager: seconds per step
+    for g in grads:
+        upd, state = update(g, state, params)
+        params = optax.apply_updates(params, upd)
+        out.append(upd)
+    return out
+
+
+OPTAX_CASES = [  # (sd.muon options, optax.contrib.muon options): the same optimizer
+    ({}, {}),
+    ({"nesterov": False}, {"nesterov": False}),
+    ({"momentum": 0.9, "weight_decay": 0.1, "adam_weight_decay": 0.05, "adam_b1": 0.8},
+     {"beta": 0.9, "weight_decay": 0.1, "adam_weight_decay": 0.05, "adam_b1": 0.8}),
+    ({"shape_scaling": "moonlight"}, {"consistent_rms": 0.2}),
+]
+
+
+@pytest.mark.parametrize("case", range(len(OPTAX_CASES)))
+def test_muon_optax_convention_equals_optax_contrib_muon(case):
+    # Same gradients, four steps along each optimizer's own trajectory, matrices and
+    # biases. float64 with eps = 0 on both sides (optax adds eps to ‖M‖_F before
+    # Newton-Schulz and to Adam's denominator; sd.muon's adam_eps is the latter): the
+    # same arithmetic, so 1e-12 at lr = 1. float32 with the defaults (eps = 1e-8), at a
+    # working rate 0.02: 1e-6, measured 3e-8; one convention difference (shape factor 2 on
+    # W1, the momentum form's 1.46 at step 2, Nesterov Adam on the biases) is ~1e-2.
+    ours, theirs = OPTAX_CASES[case]
+    if "consistent_rms" in theirs and not HAS_CONSISTENT_RMS:
+        pytest.skip(f"optax {optax.__version__} has no consistent_rms (added in 0.2.7)")
+    with jax.enable_x64(True):
+        params, grads = _mlp_grads(jnp.float64)
+        a = _updates(sd.muon(1.0, convention="optax", adam_eps=0.0, **ours), params, grads)
+        b = _updates(optax.contrib.muon(1.0, eps=0.0, **theirs), params, grads)
+    for ua, ub in zip(a, b, strict=True):
+        chex.assert_trees_all_close(ua, ub, rtol=0, atol=1e-12)
+    if case:
+        return  # float32: the defaults, the reported setup
+    params, grads = _mlp_grads(jnp.float32)
+    a = _updates(sd.muon(0.02, convention="optax", **ours), params, grads)
+    b = _updates(optax.contrib.muon(0.02, **theirs), params, grads)
+    for ua, ub in zip(a, b, strict=True):
+        chex.assert_trees_all_close(ua, ub, rtol=0, atol=1e-6)
+        assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(ua))
+
+
+def test_muon_conventions_on_an_x_at_w_hidden_layer_reproduce_the_factor_two():
+    # The reported symptom: on an MLP with x @ W weights, sd.muon's first update of the
+    # (16, 64) hidden layer had half the norm of optax.contrib.muon's. The first update is
+    # s·polar(G) in every convention (both momentum forms are ∝ G at step 1), so the norms
+    # differ by the shape factor s alone: optax's sqrt(64/16) = 2; "specdyn"'s default 1;
+    # and "keller" in the "out_in" layout reads the 16 rows as fan_out: 1 as well.
+    params, grads = _mlp_grads(jnp.float32, steps=1)
+    polar = -np.asarray(sd.polar(grads[0]["W1"], method="newton_schulz"))
+
+    def first(opt):
+        return np.asarray(opt.update(grads[0], opt.init(params), params)[0]["W1"])
+
+    for opt, factor in [(optax.contrib.muon(1.0), 2.0), (sd.muon(1.0, convention="optax", layout="out_in"), 1.0),
+                        (sd.muon(1.0), 1.0), (sd.muon(1.0, shape_scaling="keller"), 1.0),
+                        (sd.muon(1.0, shape_scaling="keller", layout="in_out"), 2.0),
+                        (sd.muon(1.0, convention="optax", shape_scaling="none"), 1.0)]:
+        np.testing.assert_allclose(first(opt), factor * polar, rtol=0, atol=1e-5)
+    ratio = np.linalg.norm(first(optax.contrib.muon(1.0))) / np.linalg.norm(first(sd.muon(1.0)))
+    assert abs(ratio - 2.0) < 1e-5
+    # at step 2 the momentum forms part: the gradient's weight against the sum's is
+    # (1 - β³)/(1 - β²) = 1.46 times larger in optax's, so the directions differ
+    params, grads = _mlp_grads(jnp.float32, steps=2)
+    a = _updates(sd.muon(1.0, shape_scaling="keller", layout="in_out"), params, grads)[1]["W2"]
+    b = _updates(sd.muon(1.0, convention="optax"), params, grads)[1]["W2"]
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-3
+
+
+def test_bias_corrected_momentum_closed_form():
+    # m_t = β m + (1-β) g; nesterov: β m_t/(1-β^(t+1)) + (1-β) g_t/(1-β^t), in numpy
+    rng = np.random.default_rng(12)
+    beta, grads = 0.9, [rng.standard_normal(3) for _ in range(4)]
+    for nesterov in (True, False):
+        tx = sd.bias_corrected_momentum(beta, nesterov=nesterov)
+        with jax.enable_x64(True):
+            state, m = tx.init(jnp.zeros(3)), np.zeros(3)
+            for t, g in enumerate(grads, start=1):
+                out, state = tx.update(jnp.asarray(g), state)
+                m = beta * m + (1 - beta) * g
+                want = (beta * m / (1 - beta ** (t + 1)) + (1 - beta) * g / (1 - beta**t)) if nesterov else m / (1 - beta**t)
+                np.testing.assert_allclose(np.asarray(out), want, rtol=1e-13)
+
+
 def test_shampoo_first_step_is_lr_times_polar_and_bias_is_signlike():
     rng = np.random.default_rng(7)
     g = {"w": rng.standard_normal((6, 4)), "b": rng.standard_normal(6)}
@@ -289,7 +391,11 @@ def test_get_optimizer_forwards_options():
         (lambda: sd.muon(0.1, momentum=1.0), "momentum=1.0"),
         (lambda: sd.muon(0.1, weight_decay=-0.1), "weight_decay=-0.1"),
         (lambda: sd.muon(0.1, steps=0), "steps=0"),
-        (lambda: sd.muon(0.1, shape_scaling="kimi"), "kind='kimi'"),
+        (lambda: sd.muon(0.1, shape_scaling="kimi"), "shape_scaling='kimi'"),
+        (lambda: sd.muon(0.1, convention="torch"), "convention='torch'"),
+        (lambda: sd.muon(0.1, layout="x @ W"), "layout='x @ W'"),
+        (lambda: sd.muon(0.1, adam_weight_decay=-1.0), "adam_weight_decay=-1.0"),
+        (lambda: sd.get_optimizer("muon", 0.1, convention="jordan"), "convention='jordan'"),
         (lambda: sd.shampoo(0.1, exponent=-0.25), "exponent=-0.25"),
     ],
 )

@@ -176,6 +176,7 @@ def test_store_resumes_and_never_serves_another_option_value(tmp_path, monkeypat
         (["muon"], {"muon.momentum": [0.9, 0.9]}, r"grid key 'muon.momentum' lists the value 0.9 twice"),
         (["muon"], {"muon.momentum": []}, r"grid key 'muon.momentum' has no values"),
         (["muon"], {"muon.learning_rate": [0.1]}, r"learning rates go in learning_rates"),
+        (["muon"], {"muon.convention": ["optax", "torch"]}, r"grid key 'muon.convention' value 'torch'.*convention='torch'"),
         ({"muon": lambda lr: sd.muon(lr)}, {"muon.momentum": [0.9]}, r"'muon' is a custom factory"),
     ],
 )

@@ -2,12 +2,19 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 import xarray as xr
 
 import specdyn as sd
-from specdyn.results import best_learning_rate, learning_rate_scores, log_log_slope, problem_of
+from specdyn.results import (
+    best_learning_rate,
+    learning_rate_scores,
+    log_log_slope,
+    problem_of,
+    select,
+)
 
 
 def _accuracy_dataset():
@@ -69,3 +76,38 @@ def test_log_log_slope_recovers_a_power_law_and_skips_bad_points():
     x_bad = np.concatenate([x, [32.0, 64.0, 128.0]])
     assert abs(log_log_slope(x_bad, y_bad) - 1.7) < 1e-12  # NaN and non-positive points left out
     assert np.isnan(log_log_slope([1.0, 2.0], [1.0, np.nan]))  # fewer than two usable points
+
+
+def test_select_picks_a_run_by_its_learning_rate_in_a_real_sweep(tmp_path):
+    # Two optimizers with different rate grids: lr is an index, learning_rate(optimizer, lr)
+    # the rates, so ds.sel(lr=0.03) fails and select(ds, "gd", 0.03) finds gd's lr index 1.
+    problem = sd.problems.MatrixLeastSquares(rows=3, cols=3, samples=4)
+    ds = sd.sweep(problem, optimizers=["gd", "specgd"], learning_rates={"gd": [0.01, 0.03], "specgd": [0.03, 0.1]},
+                  seeds=1, steps=3, progress=False)
+    with pytest.raises(KeyError):
+        ds.sel(lr=0.03)
+    got = select(ds, "gd", 0.03)
+    assert "lr" not in got.dims and "optimizer" not in got.dims
+    assert int(got["lr"]) == 1 and float(got["learning_rate"]) == 0.03
+    xr.testing.assert_identical(got, ds.sel(optimizer="gd").isel(lr=1))
+    # the run it names is the run at that rate: sd.simulate at 0.03 gives the same losses
+    alone = sd.simulate(problem, sd.gd(0.03), key=jax.random.PRNGKey(0), steps=3)
+    np.testing.assert_allclose(got["loss"].sel(seed=0).values, alone["loss"], rtol=1e-6)
+    # a rate within rtol matches (float32 round-off, a reloaded file); the same value picks
+    # each optimizer's own index; saved and loaded, the same
+    assert int(select(ds, "gd", 0.03 * (1 + 1e-7))["lr"]) == 1
+    assert int(select(ds, "specgd", 0.03)["lr"]) == 0
+    loaded = sd.results.load(sd.results.save(ds, tmp_path / "r.nc"))
+    xr.testing.assert_allclose(select(loaded, "specgd", 0.1), ds.sel(optimizer="specgd").isel(lr=1))
+    assert select(ds, "specgd")["optimizer"] == "specgd"
+    with pytest.raises(ValueError, match=r"no learning_rate=0\.3 for optimizer 'gd'.*\[0\.01, 0\.03\]"):
+        select(ds, "gd", 0.3)
+    with pytest.raises(ValueError, match=r"learning_rate=0\.03 for every optimizer.*pass optimizer="):
+        select(ds, learning_rate=0.03)  # gd's index 1, specgd's index 0
+    with pytest.raises(ValueError, match=r"no optimizer='adam'.*\['gd', 'specgd'\]"):
+        select(ds, "adam", 0.03)
+    with pytest.raises(ValueError, match="learning_rate must be a number"):
+        select(ds, "gd", "0.03")
+    # one list of rates for all: the rate alone selects the lr index of every optimizer
+    shared = ds.assign_coords(learning_rate=(("optimizer", "lr"), [[0.01, 0.03], [0.01, 0.03]]))
+    np.testing.assert_array_equal(select(shared, learning_rate=0.03)["learning_rate"], [0.03, 0.03])

@@ -1,5 +1,7 @@
 """The optax building blocks: scale_by_polar, normalize_frobenius, scale_by_shape, scale_by_shampoo."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,6 +89,63 @@ def test_optax_partition_routes_vectors_around_scale_by_polar():
     np.testing.assert_array_equal(np.asarray(out["b"]), 1.0)
 
 
+def readme_statement(start: str) -> str:
+    """The README statement beginning with ``start``, up to its closing bracket."""
+    text = (pathlib.Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    lines, depth = [], 0
+    for line in text[text.index(start):].splitlines():
+        lines.append(line)
+        code = line.split("#")[0]
+        depth += sum(code.count(c) for c in "([{") - sum(code.count(c) for c in ")]}")
+        if depth == 0:
+            return "\n".join(lines)
+    raise AssertionError(f"unbalanced README statement {start!r}")
+
+
+def test_readme_partition_recipe_trains_an_mlp_with_biases():
+    # The README's recipe, executed as written: polar steps on the matrices, Adam on the
+    # biases, on a tanh MLP x @ W + b fitting a teacher. Measured: the loss falls from 1.18
+    # to 0.0036 in 200 steps (lr 0.02 for the matrices, 1e-3 for the biases); 50x asserted.
+    namespace = {"optax": optax, "sd": sd}
+    exec(readme_statement("tx = optax.partition("), namespace)
+    tx = namespace["tx"]
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.standard_normal((64, 4)), jnp.float32)
+    y = jnp.tanh(x @ jnp.asarray(rng.standard_normal((4, 3)), jnp.float32)).sum(-1, keepdims=True)
+    params = {"W1": jnp.asarray(rng.standard_normal((4, 16)) / 2, jnp.float32), "b1": jnp.zeros(16),
+              "W2": jnp.asarray(rng.standard_normal((16, 1)) / 4, jnp.float32), "b2": jnp.zeros(1)}
+    assert sd.matrix_labels(params) == {"W1": "matrix", "b1": "other", "W2": "matrix", "b2": "other"}
+
+    def loss(p):
+        return jnp.mean(jnp.square(jnp.tanh(x @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"] - y))
+
+    # the first update: -0.02 times Newton-Schulz's polar factor on each matrix (singular
+    # values in its band, 0.7 to 1.2 of lr), Adam's first step -1e-3·sign(g) on each bias
+    grads = jax.grad(loss)(params)
+    upd, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    for k in ("W1", "W2"):
+        np.testing.assert_allclose(np.asarray(upd[k]), -0.02 * np.asarray(sd.polar(grads[k], method="newton_schulz")),
+                                   rtol=0, atol=1e-7)
+        sv = np.linalg.svd(np.asarray(upd[k], np.float64), compute_uv=False) / 0.02
+        assert 0.65 < sv.min() and sv.max() < 1.25, (k, sv)
+    for k in ("b1", "b2"):
+        np.testing.assert_allclose(np.asarray(upd[k]), -1e-3 * np.sign(grads[k]), rtol=1e-4)
+
+    @jax.jit
+    def train(params):
+        def step(carry, _):
+            p, state = carry
+            value, g = jax.value_and_grad(loss)(p)
+            u, state = tx.update(g, state, p)
+            return (optax.apply_updates(p, u), state), value
+
+        (p, _), values = jax.lax.scan(step, (params, tx.init(params)), None, length=200)
+        return p, values
+
+    final, values = train(params)
+    assert float(loss(final)) < float(values[0]) / 50, (float(values[0]), float(loss(final)))
+
+
 def test_diagnostics_state_has_fixed_shape_and_zero_gradient_gives_zero():
     # lax.scan needs the state's shapes and dtypes to be the same before and after update
     grads = jax.tree.map(jnp.asarray, random_tree(4, np.float32))
@@ -122,22 +181,28 @@ def test_normalize_frobenius_divides_each_leaf_by_its_norm():
 @pytest.mark.parametrize(
     "kind,factor",
     [
-        ("none", lambda m, n: 1.0),
-        ("keller", lambda m, n: np.sqrt(max(1.0, m / n))),  # Jordan's Muon code
-        ("moonlight", lambda m, n: 0.2 * np.sqrt(max(m, n))),  # Liu et al. 2025
+        ("none", lambda fan_out, fan_in: 1.0),
+        ("keller", lambda fan_out, fan_in: np.sqrt(max(1.0, fan_out / fan_in))),  # Jordan's Muon code
+        ("moonlight", lambda fan_out, fan_in: 0.2 * np.sqrt(max(fan_out, fan_in))),  # Liu et al. 2025
     ],
 )
-def test_scale_by_shape_factors(kind, factor):
-    tx = sd.scale_by_shape(kind)
+@pytest.mark.parametrize("layout", ["out_in", "in_out"])
+def test_scale_by_shape_factors(kind, factor, layout):
+    # "out_in": (fan_out, fan_in), W @ x; "in_out": (fan_in, fan_out), x @ W
+    tx = sd.scale_by_shape(kind, layout=layout)
     for shape in [(8, 2), (2, 8), (3, 9, 4)]:
         g = jnp.ones(shape)
         out, _ = tx.update({"w": g}, tx.init({"w": g}))
-        np.testing.assert_allclose(np.asarray(out["w"]), factor(*shape[-2:]), rtol=1e-6, err_msg=f"{shape}")
+        rows, cols = shape[-2:]
+        fans = (rows, cols) if layout == "out_in" else (cols, rows)
+        np.testing.assert_allclose(np.asarray(out["w"]), factor(*fans), rtol=1e-6, err_msg=f"{shape}")
 
 
 def test_scale_by_shape_rejects_unknown_kind():
     with pytest.raises(ValueError, match="kind='kimi'"):
         sd.scale_by_shape("kimi")
+    with pytest.raises(ValueError, match="layout='xW'"):
+        sd.scale_by_shape("keller", layout="xW")
 
 
 # ------------------------------------------------------------------ shampoo
