@@ -53,7 +53,14 @@ from specdyn._cpu import blas_threads_limited, warn_if_unguarded
 from specdyn.optimizers import OPTIMIZERS, get_optimizer
 from specdyn.option_axes import OptionAxes, split_grid
 from specdyn.problem import data_fields, is_problem, pad_instance, static_fields
-from specdyn.provenance import code_fingerprint, describe_callable, problem_fingerprint, provenance
+from specdyn.provenance import (
+    code_fingerprint,
+    describe_callable,
+    problem_fingerprint,
+    provenance,
+    specdyn_source,
+    user_code,
+)
 from specdyn.simulate import (
     Recipe,
     _draw_program,
@@ -513,8 +520,11 @@ def sweep(
         "x64": bool(jax.config.jax_enable_x64),
         "code": {
             "specdyn": _specdyn_version(),
+            "specdyn_source": specdyn_source(),
             "problem": problem_fingerprint(type(problem)),
             "optimizers": {n: _code_of(f) for n, f in factories.items()},
+            "modules": user_code([type(problem), *factories.values(), *(r.rule for r in rules.values()),
+                                  *([data] if callable(data) else [])]),
         },
     }
     if axes.axes:
