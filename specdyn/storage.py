@@ -76,6 +76,8 @@ class CellStore:
     """
 
     def __init__(self, path, config: dict, *, fresh: bool = False, provenance: dict | None = None):
+        if not isinstance(path, str | os.PathLike) or not os.fspath(path) or "\0" in os.fspath(path):
+            raise ValueError(f"store must be a folder path, got store={path!r}")
         self.path = Path(path)
         self.config = json.loads(json.dumps(config))  # normalise (tuples -> lists)
         config_file = self.path / "config.json"
@@ -107,7 +109,13 @@ class CellStore:
                 )
         else:
             text = json.dumps(self.config, indent=2, sort_keys=True)
-            atomic_write(config_file, lambda tmp: Path(tmp).write_text(text))
+            try:
+                atomic_write(config_file, lambda tmp: Path(tmp).write_text(text))
+            except OSError as err:
+                raise ValueError(
+                    f"store {str(self.path)!r} cannot be made or written to as a folder "
+                    f"({err.strerror or err}); choose a folder you can write to"
+                ) from None
         if provenance is not None:
             self._add_provenance(provenance)
 
