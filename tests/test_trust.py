@@ -187,6 +187,56 @@ def test_edited_specdyn_source_is_refused_naming_the_file(user_module, tmp_path,
         prov._package_source_once.cache_clear()
 
 
+SPECDYN_RUN = textwrap.dedent(
+    """
+    import sys
+
+    import specdyn as sd
+
+    kw = dict(optimizers=["specgd"], learning_rates=[0.05], seeds=1, steps=3, store=sys.argv[1], progress=False)
+    problem = sd.problems.MatrixLeastSquares(rows=4, cols=3, samples=8)
+    if sys.argv[2] == "again":
+        try:
+            sd.sweep(problem, **kw)
+        except ValueError as err:
+            print("refused:", err)
+        kw["fresh"] = True
+    print("loss:", float(sd.sweep(problem, **kw)["loss"].isel(step=-1).item()))
+    """
+)
+
+
+def test_edited_specdyn_polar_in_a_copy_of_the_package_is_refused_and_fresh_gives_new_numbers(tmp_path):
+    # End to end, as a user who edits specdyn would: a copy of the package, run from its folder.
+    import shutil
+
+    copy = tmp_path / "site" / "specdyn"
+    shutil.copytree(Path(sd.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "run.py").write_text(SPECDYN_RUN)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"), PYTHONDONTWRITEBYTECODE="1")
+
+    def run(mode):
+        proc = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "store"), mode], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    before = float(run("first").split("loss:")[1])
+    polar = copy / "polar.py"
+    old = "    return jnp.matmul(u * keep[..., None, :].astype(u.dtype), vh)"  # the SVD polar factor U V^T
+    assert polar.read_text().count(old) == 1
+    polar.write_text(polar.read_text().replace(old, old.replace("return jnp", "return 0.5 * jnp")))
+    out = run("again")
+    assert "refused: store" in out and "(specdyn's source changed (polar.py)); " in out and "fresh=True" in out
+    after = float(out.split("loss:")[1])
+    # Spectral GD steps by -lr U V^T: half the polar factor is half the learning rate.
+    problem = sd.problems.MatrixLeastSquares(rows=4, cols=3, samples=8)
+    here = {lr: float(sweep(problem, optimizers=["specgd"], learning_rates=[lr], seeds=1, steps=3, progress=False)[
+        "loss"].isel(step=-1).item()) for lr in (0.05, 0.025)}
+    np.testing.assert_allclose([before, after], [here[0.05], here[0.025]], rtol=1e-5)
+    assert abs(after - before) > 1e-2 * before
+
+
 def test_specdyn_source_and_user_code_digests():
     from specdyn import provenance as prov
 
