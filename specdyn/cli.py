@@ -111,8 +111,10 @@ def _output_folder(out, *, create: bool, label: str | None = None) -> Path:
         return out
     with _doing("create the output folder"):
         out.mkdir(parents=True, exist_ok=True)
-    with _doing("write to the output folder"):
+    try:  # a probe file: its own name would mean nothing to the user, the folder does
         tempfile.TemporaryFile(dir=out).close()
+    except OSError as err:
+        raise ValueError(f"{label} cannot be written to: {err.strerror or err}") from None
     return out
 
 
@@ -402,10 +404,12 @@ def _bytes_text(n: float) -> str:
 
 def _plan_text(plans) -> str:
     """The cells of a sweep plan (``specdyn.sweep.sweep_plan``) as a table."""
-    header = ["cell", "optimizer", "static fields and options", "runs", "memory per group", "groups per call", "calls"]
+    header = ["cell", "optimizer", "static fields and options", "runs", "memory per group", "groups per call", "calls",
+              "records"]
     rows = [
         [str(i), p.optimizer, " ".join(f"{k}={v}" for k, v in {**p.static, **p.options}.items()) or "-", str(p.runs),
-         _bytes_text(p.bytes_per_group["total"]), f"{p.groups_per_call} of {p.groups}", str(p.calls)]
+         _bytes_text(p.bytes_per_group["total"]), f"{p.groups_per_call} of {p.groups}", str(p.calls),
+         _bytes_text(p.records_bytes)]
         for i, p in enumerate(plans)
     ]
     if any(getattr(p, "bucket", None) for p in plans):  # cells sharing a padded program
@@ -414,8 +418,8 @@ def _plan_text(plans) -> str:
             row.append(" ".join(f"{k}<={v}" for k, v in p.bucket.items()) if p.bucket else "-")
     shown = rows[:_SUMMARY_ROWS]
     widths = [max(len(r[i]) for r in [header, *shown]) for i in range(len(header))]
-    lines = ["plan (memory per group: an estimate with working headroom; calls: batches per cell; a bucket: "
-             "cells that run zero-padded in one program):"]
+    lines = ["plan (memory per group: an estimate with working headroom; calls: batches per cell; records: the "
+             "host memory of the cell's recorded values; a bucket: cells that run zero-padded in one program):"]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *shown]]
     if len(rows) > len(shown):
         lines.append(f"  ... {len(rows) - len(shown)} more cells")

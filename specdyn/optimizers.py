@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from specdyn.polar import polar_config
@@ -87,12 +88,18 @@ class Optimizer(optax.GradientTransformation):
 
 
 def check_learning_rate(value, name: str = "learning_rate") -> None:
-    """Refuse a negative or non-finite number; arrays, tracers and schedules pass."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        if not (math.isfinite(float(value)) and float(value) >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {name}={float(value)!r}")
-    elif isinstance(value, bool):
+    """Refuse a concrete rate (a number or an array of numbers) that is not finite and > 0;
+    traced rates (the engine's, vmapped over learning rates) and schedules pass."""
+    if isinstance(value, bool):
         raise ValueError(f"{name} must be a number, got {name}={value!r}")
+    if isinstance(value, numbers.Real):
+        if not (math.isfinite(float(value)) and float(value) > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {name}={float(value)!r}")
+    elif isinstance(value, np.ndarray | jax.Array) and not isinstance(value, jax.core.Tracer):
+        rates = np.asarray(value)
+        if rates.dtype.kind in "biuf" and not (np.all(np.isfinite(rates)) and np.all(rates > 0)):
+            shown = float(rates) if rates.ndim == 0 else rates.tolist()
+            raise ValueError(f"{name} must be finite and > 0, got {name}={shown!r}")
 
 
 def _recognisable(factory):

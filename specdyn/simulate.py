@@ -36,6 +36,7 @@ their batches across learning rates and optimizers). Records use the full ``data
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import time
@@ -232,10 +233,20 @@ def record_steps(steps: int, record_every: int) -> np.ndarray:
     return at if at[-1] == steps else np.append(at, steps)
 
 
+MAX_STEPS = int(np.iinfo(np.int32).max)  # a run counts its steps in int32 (RunState.step)
+
+
+def record_count(steps: int, record_every: int) -> int:
+    """``len(record_steps(steps, record_every))``, without making the array."""
+    return steps // record_every + 1 + (steps % record_every != 0)
+
+
 def check_run_lengths(steps, record_every) -> None:
     for name, value in (("steps", steps), ("record_every", record_every)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
+    if steps > MAX_STEPS:
+        raise ValueError(f"steps must be at most {MAX_STEPS} (a run counts its steps in int32), got steps={steps!r}")
     if record_every > steps:
         raise ValueError(
             f"record_every must be <= steps (records at 0, record_every, ..., and at steps), "
@@ -244,45 +255,65 @@ def check_run_lengths(steps, record_every) -> None:
 
 
 def plan(steps: int, record_every: int, *, budget: int | None = None, segments: int = SEGMENTS,
-         start: int = 0):
-    """The program calls of a run: a list of ``(record, count)`` arrays of length ``segments``.
+         start: int = 0) -> list:
+    """The program calls of a run: a list of ``(record, count)`` arrays of length ``segments``
+    (:func:`plan_calls` as a list)."""
+    return list(plan_calls(steps, record_every, budget=budget, segments=segments, start=start))
+
+
+def _record_points(steps: int, record_every: int, start: int):
+    """``(step, record?)`` where segments start, from ``start``: ``start`` itself (recorded
+    when it is a record step), then each record step after it."""
+    yield start, start % record_every == 0 or start == steps
+    t = (start // record_every + 1) * record_every
+    while t < steps:
+        yield t, True
+        t += record_every
+    if start < steps:
+        yield steps, True
+
+
+def _pieces(steps: int, record_every: int, budget: int | None, start: int):
+    """``(record?, steps)`` of each segment: the interval after each record point, split
+    into pieces of at most ``budget`` steps; the last record point takes no step."""
+    points = _record_points(steps, record_every, start)
+    t, flag = next(points)
+    for following in itertools.chain(points, [None]):
+        left = 0 if following is None else following[0] - t
+        while True:
+            n = left if budget is None else min(left, budget)
+            yield flag, n
+            flag, left = False, left - n
+            if left <= 0:
+                break
+        if following is not None:
+            t, flag = following
+
+
+def plan_calls(steps: int, record_every: int, *, budget: int | None = None, segments: int = SEGMENTS,
+               start: int = 0):
+    """The program calls of a run, one at a time: ``(record, count)`` arrays of length ``segments``.
 
     Records at :func:`record_steps`; ``budget`` (steps per call, for a moving progress
     bar and short calls) splits long intervals and ends a call once it would exceed the
     budget. Unused segments at the end of a call record nothing and take no step.
     ``start``: the calls of the rest of a run whose first ``start`` steps are taken (and
-    whose records before step ``start`` are made).
+    whose records before step ``start`` are made). Calls are made as they are taken, so
+    the cost of planning is that of the calls a run makes, whatever its length.
     """
-    at = record_steps(steps, record_every)
-    if start > 0:
-        later = at[at >= start]
-        at = later if later.size and later[0] == start else np.concatenate([[start], later])
-        skip_first = start not in record_steps(steps, record_every)
-    else:
-        skip_first = False
-    pieces = []
-    for i, t in enumerate(at):
-        left = int(at[i + 1] - t) if i + 1 < len(at) else 0
-        first = not (skip_first and i == 0)
-        while True:
-            n = left if budget is None else min(left, budget)
-            pieces.append((first, n))
-            first, left = False, left - n
-            if left <= 0:
-                break
-    calls, current, used = [], [], 0
-    for flag, n in pieces:
+
+    def padded(call):
+        call = call + [(False, 0)] * (segments - len(call))
+        return np.asarray([f for f, _ in call], bool), np.asarray([n for _, n in call], np.int32)
+
+    current, used = [], 0
+    for flag, n in _pieces(steps, record_every, budget, start):
         if current and (len(current) == segments or (budget is not None and used + n > budget)):
-            calls.append(current)
+            yield padded(current)
             current, used = [], 0
         current.append((flag, n))
         used += n
-    calls.append(current)
-    out = []
-    for call in calls:
-        call = call + [(False, 0)] * (segments - len(call))
-        out.append((np.asarray([f for f, _ in call], bool), np.asarray([n for _, n in call], np.int32)))
-    return out
+    yield padded(current)
 
 
 # ------------------------------------------------------------------ memory
@@ -297,11 +328,15 @@ def memory_available() -> float:
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return float(stats["bytes_limit"])
+    return host_memory() / jax.local_device_count()
+
+
+def host_memory() -> float:
+    """Bytes of the host's memory (8 GB when the system does not say)."""
     try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError):
-        total = 8 << 30
-    return total / jax.local_device_count()
+        return float(8 << 30)
 
 
 def _nbytes(tree) -> int:
@@ -344,6 +379,39 @@ def group_bytes(problem, recipe: Recipe, rates: int, *, key=None, data=None, par
         "records": rates * SEGMENTS * _nbytes(recs),
     }
     return {**parts, "total": _WORKING * sum(parts.values()) + 1}
+
+
+def record_bytes(problem, recipe: Recipe, *, key=None, data=None, params=None,
+                 telemetry: Telemetry | None = None) -> int:
+    """Host bytes of one record of one run (its loss, metrics and telemetry at one step),
+    from ``jax.eval_shape`` as in :func:`group_bytes`."""
+    key = jax.random.PRNGKey(0) if key is None else key
+    *_, recs = _group_shapes(
+        _spec(problem), _spec(key), _spec(data), _spec(params), recipe, bool(jax.config.jax_enable_x64), telemetry
+    )
+    return _nbytes(recs)
+
+
+_HOST_COPIES = 2  # the records of a run are kept as they come, then copied into its result
+
+
+def check_records(nbytes: int, *, runs: int, steps: int, record_every: int, available: float | None = None) -> None:
+    """Refuse (ValueError naming ``steps`` and ``record_every``) runs whose records cannot
+    fit the host's memory: ``nbytes``, the bytes of every record of the ``runs`` runs
+    (:func:`record_count` records of :func:`record_bytes` each), are kept as they come,
+    then copied once into the result."""
+    available = host_memory() if available is None else available
+    need = _HOST_COPIES * nbytes
+    if need <= available:
+        return
+    count = record_count(steps, record_every)
+    what = "one run" if runs == 1 else f"{runs} runs"
+    raise ValueError(
+        f"steps={steps} with record_every={record_every} makes {count} records per run: the records of {what} "
+        f"need {_gb(need)} of host memory ({_gb(nbytes / (runs * count))} per record and run, kept, then copied "
+        f"into the result), the host has {_gb(available)}; record less often (a larger record_every) or run "
+        f"fewer steps"
+    )
 
 
 def _gb(n: float) -> str:
@@ -496,9 +564,10 @@ def run_groups(
         # raised between calls) stops a run within seconds: the steps per call start
         # small and follow the measured speed, never above ``budget``.
         size = min(budget or steps, _FIRST_CALL_STEPS)
-        calls = plan(steps, record_every, budget=size)
-        while calls:
-            record, count = calls.pop(0)
+        calls = plan_calls(steps, record_every, budget=size)
+        call = next(calls)
+        while call is not None:
+            record, count = call
             began = time.perf_counter()
             state, recs = _chunk_program(
                 problems, hyper, state, data, keys, record, count, recipe=recipe, shard=shard, telemetry=telemetry
@@ -510,11 +579,13 @@ def run_groups(
             done += n
             if on_call is not None:
                 on_call(n)
-            if calls and n >= size:  # a full call: fit the next ones to the measured speed
+            call = next(calls, None)
+            if call is not None and n >= size:  # a full call: fit the next ones to the measured speed
                 fit = int(n * _CALL_SECONDS / max(took, 1e-6))
                 new = max(1, min(budget or steps, 4 * size, max(size // 4, fit)))
                 if new != size:
-                    size, calls = new, plan(steps, record_every, budget=new, start=done)
+                    size, calls = new, plan_calls(steps, record_every, budget=new, start=done)
+                    call = next(calls)
         records = {k: np.concatenate([c[k] for c in kept], axis=2) for k in kept[0]}
         return records, state, rates
 
@@ -538,6 +609,27 @@ def _leading(tree):
     return jax.tree.map(lambda x: x[None] if isinstance(x, jax.Array) else jax.device_put(np.asarray(x)[None]), tree)
 
 
+def _check_key(key):
+    """A run's PRNG key: a raw key (``jax.random.PRNGKey(seed)``, or a traced one), or an int
+    seed, which becomes ``jax.random.PRNGKey(seed)``; anything else is refused (ValueError)."""
+    if isinstance(key, int | np.integer) and not isinstance(key, bool):
+        if not -(2**63) <= int(key) < 2**64:
+            raise ValueError(f"key must be a PRNG key or an int seed that fits 64 bits, got key={key!r}")
+        return jax.random.PRNGKey(int(key))
+    if isinstance(key, jax.core.Tracer):
+        return key
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        raise ValueError(
+            f"key must be a raw PRNG key (jax.random.PRNGKey(seed)) or an int seed, got a typed key of dtype "
+            f"{dtype}; pass jax.random.key_data(key)"
+        )
+    if not (dtype == np.uint32 and np.ndim(key) == 1):
+        shown = f"an array of shape {np.shape(key)} and dtype {dtype}" if dtype is not None else repr(key)
+        raise ValueError(f"key must be a PRNG key (jax.random.PRNGKey(seed)) or an int seed, got key={shown}")
+    return key
+
+
 def simulate(
     problem, optimizer, *, key, steps: int, record_every: int = 1, data=None, params=None, telemetry=None
 ) -> dict:
@@ -556,8 +648,12 @@ def simulate(
       problem: an ``@sd.problem`` instance.
       optimizer: an ``optax.GradientTransformation`` (e.g. ``sd.spectral_gd(0.1)``).
       key: a PRNG key, split into (init key, data key); minibatches (a problem's
-        ``batch`` method) use ``fold_in(key, step)``.
-      steps: number of optimizer steps.
+        ``batch`` method) use ``fold_in(key, step)``. An int ``seed`` stands for
+        ``jax.random.PRNGKey(seed)`` (the key a sweep gives its runs of that seed); a
+        typed key (``jax.random.key``) is refused: pass ``jax.random.key_data(key)``.
+      steps: number of optimizer steps (at most 2**31 - 1). Runs whose records cannot
+        fit the host's memory are refused before they start (ValueError naming
+        ``steps`` and ``record_every``).
       record_every: record every r steps (and always at the last step); r <= steps.
       data: a data dict replacing ``problem.sample(data key)`` (to run on given arrays).
       params: initial parameters replacing ``problem.init(init key)``.
@@ -586,17 +682,21 @@ def simulate(
         )
     check_run_lengths(steps, record_every)
     telemetry = check_telemetry(telemetry)
+    key = _check_key(key)
     warn_if_unguarded()
     steps, record_every = int(steps), int(record_every)
-    out = {"step": jax.device_put(record_steps(steps, record_every).astype(np.int32))}
     recipe, rate = recipe_of(optimizer)
+    if not _traced((problem, key, data, params, rate)):
+        check_memory(problem, group_bytes(problem, recipe, 1, key=key, data=data, params=params, telemetry=telemetry))
+        per_record = record_bytes(problem, recipe, key=key, data=data, params=params, telemetry=telemetry)
+        check_records(record_count(steps, record_every) * per_record, runs=1, steps=steps, record_every=record_every)
+    out = {"step": jax.device_put(record_steps(steps, record_every).astype(np.int32))}
     if _traced((problem, key, data, params, rate)):
         state, records = _run_traced(problem, optimizer, key, data, params, steps, record_every, telemetry)
         out.update(records)
         out["diverged_at"] = state.diverged_at
         out["params"] = state.params
         return out  # no "leaf" names under jit (strings are not JAX values): sd.telemetry_leaves(params)
-    check_memory(problem, group_bytes(problem, recipe, 1, key=key, data=data, params=params, telemetry=telemetry))
     records, state, _ = run_groups(
         _leading(problem),
         _leading(key),

@@ -76,6 +76,8 @@ class CellStore:
     """
 
     def __init__(self, path, config: dict, *, fresh: bool = False, provenance: dict | None = None):
+        if not isinstance(path, str | os.PathLike) or not os.fspath(path) or "\0" in os.fspath(path):
+            raise ValueError(f"store must be a folder path, got store={path!r}")
         self.path = Path(path)
         self.config = json.loads(json.dumps(config))  # normalise (tuples -> lists)
         config_file = self.path / "config.json"
@@ -99,7 +101,7 @@ class CellStore:
                     f"delete the store folder, or {_FRESH_HINT}"
                 ) from None
             if stored != self.config:
-                key = _code_change(stored.get("code"), self.config.get("code"))
+                key = _code_change(stored.get("code"), self.config.get("code"), self.config.get("problem"))
                 key = key or _first_difference(stored, self.config)
                 raise ValueError(
                     f"store {str(self.path)!r} holds results of a different sweep ({key}); "
@@ -107,7 +109,13 @@ class CellStore:
                 )
         else:
             text = json.dumps(self.config, indent=2, sort_keys=True)
-            atomic_write(config_file, lambda tmp: Path(tmp).write_text(text))
+            try:
+                atomic_write(config_file, lambda tmp: Path(tmp).write_text(text))
+            except OSError as err:
+                raise ValueError(
+                    f"store {str(self.path)!r} cannot be made or written to as a folder "
+                    f"({err.strerror or err}); choose a folder you can write to"
+                ) from None
         if provenance is not None:
             self._add_provenance(provenance)
 
@@ -156,9 +164,10 @@ class CellStore:
         atomic_write(self._file(index), write)
 
 
-def _code_change(old, new) -> str | None:
+def _code_change(old, new, problem: str | None = None) -> str | None:
     """What changed between two code fingerprints (``config["code"]``, see
-    :mod:`specdyn.provenance`), in words, or None when they agree."""
+    :mod:`specdyn.provenance`), in words, or None when they agree. ``problem``: the
+    problem's ``module:qualname``, to say which module defines it."""
     if old == new:
         return None
     if not isinstance(old, dict) or not isinstance(new, dict):
@@ -171,6 +180,12 @@ def _code_change(old, new) -> str | None:
 
     if old.get("specdyn") != new.get("specdyn"):
         changes.append(f"specdyn's version changed from {old.get('specdyn')} to {new.get('specdyn')}")
+    if "specdyn_source" not in old:
+        changes.append("the store was written by a specdyn that did not record its own source")
+    elif old.get("specdyn_source") != new.get("specdyn_source"):
+        files = changed(old.get("specdyn_source"), new.get("specdyn_source"))
+        shown = ", ".join(files[:4]) + (f" and {len(files) - 4} more" if len(files) > 4 else "")
+        changes.append(f"specdyn's source changed ({shown})")
     names = changed(old.get("problem"), new.get("problem"))
     if names:
         methods = [n for n in names if "." in n] or names  # the class body changes with any method
@@ -182,6 +197,15 @@ def _code_change(old, new) -> str | None:
             changes.append(f"the code of {label} {name!r} changed ({what})")
     if old.get("data") != new.get("data"):
         changes.append("the code of the data callable changed")
+    old_modules, new_modules = old.get("modules") or {}, new.get("modules") or {}
+    for name in changed(old_modules, new_modules):
+        if name not in new_modules:
+            changes.append(f"the code no longer uses the module {name!r}")
+        elif name not in old_modules:
+            changes.append(f"the code now uses the module {name!r}")
+        else:
+            role = " defining the problem" if (problem or "").split(":")[0] == name.split(" (")[0] else ""
+            changes.append(f"the module {name!r}{role} changed")
     return "; ".join(changes) or "the code fingerprint changed"
 
 

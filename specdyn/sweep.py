@@ -53,16 +53,26 @@ from specdyn._cpu import blas_threads_limited, warn_if_unguarded
 from specdyn.optimizers import OPTIMIZERS, get_optimizer
 from specdyn.option_axes import OptionAxes, split_grid
 from specdyn.problem import data_fields, is_problem, pad_instance, static_fields
-from specdyn.provenance import code_fingerprint, describe_callable, problem_fingerprint, provenance
+from specdyn.provenance import (
+    code_fingerprint,
+    describe_callable,
+    problem_fingerprint,
+    provenance,
+    specdyn_source,
+    user_code,
+)
 from specdyn.simulate import (
     Recipe,
     _draw_program,
     check_memory,
+    check_records,
     check_run_lengths,
     group_bytes,
     group_rates,
     memory_available,
     recipe_of,
+    record_bytes,
+    record_count,
     record_steps,
     run_groups,
     single_device,
@@ -270,7 +280,8 @@ class CellPlan:
     (:func:`specdyn.simulate.group_bytes`), groups per program call (``calls``
     sub-batches), and ``bucket``: the padded sizes its program runs at when it shares
     one with other sizes (:mod:`specdyn.buckets`), else None; a bucketed cell's bytes
-    and groups per call are those of its runs padded to the bucket."""
+    and groups per call are those of its runs padded to the bucket. ``records_bytes``:
+    host bytes of the cell's records (every run, every record step) once it is done."""
 
     optimizer: str
     static: dict
@@ -281,6 +292,7 @@ class CellPlan:
     calls: int
     options: dict = dataclasses.field(default_factory=dict)  # static option axes: {"muon.method": "svd"}
     bucket: dict | None = None  # {field: bucket size} when the cell runs padded with others
+    records_bytes: int = 0
 
 
 def _prepare(problem, *, optimizers, learning_rates, seeds, grid, steps, record_every, data, batch_size,
@@ -317,8 +329,9 @@ def _prepare(problem, *, optimizers, learning_rates, seeds, grid, steps, record_
     )
 
 
-def _plan_cells(problem, setup, first_data, batch_size) -> list[CellPlan]:
-    """One :class:`CellPlan` per cell, refusing (ValueError) a cell whose one group cannot fit."""
+def _plan_cells(problem, setup, first_data, batch_size, steps, record_every) -> list[CellPlan]:
+    """One :class:`CellPlan` per cell, refusing (ValueError) a cell whose one group cannot
+    fit the device, or records that cannot fit the host (naming ``steps`` and ``record_every``)."""
     available = memory_available()
     n_lrs = len(setup["lrs"][setup["names"][0]])
     n_groups = len(setup["seeds"]) * len(setup["data_combos"])
@@ -330,8 +343,11 @@ def _plan_cells(problem, setup, first_data, batch_size) -> list[CellPlan]:
         estimate = group_bytes(cell_problem, recipe, per_group, data=first_data, telemetry=setup["telemetry"])
         check_memory(cell_problem, estimate, runs=per_group, available=available)
         size = _groups_per_call(estimate, n_groups, per_group, batch_size, available)
+        per_record = record_bytes(cell_problem, recipe, data=first_data, telemetry=setup["telemetry"])
         out.append(CellPlan(name, static, per_group * n_groups, n_groups, estimate, size, math.ceil(n_groups / size),
-                            options))
+                            options, records_bytes=per_group * n_groups * record_count(steps, record_every) * per_record))
+    check_records(sum(p.records_bytes for p in out), runs=sum(p.runs for p in out), steps=steps,
+                  record_every=record_every)
     return out
 
 
@@ -415,7 +431,7 @@ def sweep_plan(
                      steps=steps, record_every=record_every, data=data, batch_size=batch_size, telemetry=telemetry,
                      buckets=buckets)
     first = data(setup["seeds"][0]) if callable(data) else data
-    plans = _plan_cells(problem, setup, first, batch_size)
+    plans = _plan_cells(problem, setup, first, batch_size, int(steps), int(record_every))
     _bucketed(problem, setup, plans, data, steps, batch_size)
     return plans
 
@@ -498,7 +514,8 @@ def sweep(
     static_grid, data_grid, factories = setup["static_grid"], setup["data_grid"], setup["factories"]
     axes = setup["axes"]
     seed_data = {} if not callable(data) else {s: data(s) for s in seed_list}
-    plans = _plan_cells(problem, setup, seed_data[seed_list[0]] if callable(data) else data, batch_size)
+    plans = _plan_cells(problem, setup, seed_data[seed_list[0]] if callable(data) else data, batch_size, int(steps),
+                        int(record_every))
     config = {
         "format": 3,  # records at 0, r, 2r, ... and at steps; code fingerprints
         "problem": describe_callable(type(problem)),
@@ -513,8 +530,11 @@ def sweep(
         "x64": bool(jax.config.jax_enable_x64),
         "code": {
             "specdyn": _specdyn_version(),
+            "specdyn_source": specdyn_source(),
             "problem": problem_fingerprint(type(problem)),
             "optimizers": {n: _code_of(f) for n, f in factories.items()},
+            "modules": user_code([type(problem), *factories.values(), *(r.rule for r in rules.values()),
+                                  *([data] if callable(data) else [])]),
         },
     }
     if axes.axes:

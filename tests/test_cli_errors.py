@@ -205,6 +205,39 @@ def test_plot_out_errors(tmp_path, capsys):
     )
 
 
+def test_plot_out_in_a_folder_that_takes_no_files_names_the_path_given(tmp_path, capsys, monkeypatch):
+    # The folder is probed with a temporary file: the message names --out, never the probe.
+    results = tmp_path / "results.nc"
+    fake_results(results)
+    probe = tmp_path / "tmpab12cd34"
+
+    def refused(*args, dir=None, **kwargs):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(probe))
+
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile", refused)
+    err = fails(["plot", str(results), "--metric", "loss", "--out", str(tmp_path / "x.png")], capsys,
+                f"the folder of --out {tmp_path / 'x.png'} cannot be written to", "No such file or directory")
+    assert probe.name not in err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="a /proc file system (Linux)")
+def test_plot_out_in_proc(tmp_path, capsys):
+    results = tmp_path / "results.nc"
+    fake_results(results)
+    err = fails(["plot", str(results), "--metric", "loss", "--out", "/proc/x.png"], capsys, "--out /proc/x.png")
+    assert "tmp" not in err
+
+
+def test_absurd_steps_are_refused_by_check_naming_steps_and_record_every(sweep_file, tmp_path, capsys, no_run):
+    # A billion records per run cannot be kept: refused before anything runs, in TOML terms.
+    text = TINY.replace("steps = 6", "steps = 1000000000").split("[smoke]")[0]
+    fails(["sweep", sweep_file(text), "--out", str(tmp_path / "o"), "--check"], capsys,
+          "steps=1000000000 with record_every=1 makes 1000000001 records per run", "of host memory")
+    assert main(["sweep", sweep_file(text.replace("steps = 1000000000", "steps = 1000000000\nrecord_every = "
+                                                  "100000000")), "--out", str(tmp_path / "o"), "--check"]) == 0
+    assert "records" in capsys.readouterr().out
+
+
 def test_path_errors_through_the_real_command_have_no_traceback(tmp_path):
     (tmp_path / "taken").write_text("x")
     for argv in (["plot", str(tmp_path), "--metric", "loss"], ["sweep", str(tmp_path / "taken")]):

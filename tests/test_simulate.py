@@ -1,6 +1,8 @@
 """The problem decorator and the training core, against a plain Python optax loop."""
 
 import dataclasses
+import importlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -93,11 +95,59 @@ def test_float64_when_x64_enabled():
         (dict(steps=5, record_every=0), "record_every=0"),
         (dict(steps=2.5), "steps=2.5"),
         (dict(steps=5, record_every=6), "record_every=6 > steps=5"),
+        (dict(steps=2**31), r"steps must be at most 2147483647 \(a run counts its steps in int32\), got steps=2147483648"),
     ],
 )
 def test_simulate_rejects_bad_lengths(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sd.simulate(PROBLEM, sd.gd(0.1), key=jax.random.PRNGKey(0), **kwargs)
+
+
+def test_records_that_cannot_fit_the_host_are_refused_before_the_run(monkeypatch):
+    # The records of a run are estimated from their shapes (jax.eval_shape) and checked
+    # against the host's memory: the estimate is exactly the bytes a real run returns.
+    engine = importlib.import_module("specdyn.simulate")  # the module; sd.simulate is the function
+
+    optimizer = sd.gd(0.1)
+    out = sd.simulate(PROBLEM, optimizer, key=0, steps=6, record_every=2)
+    recorded = sum(v.nbytes for k, v in out.items() if k not in ("step", "params", "diverged_at"))
+    per_record = engine.record_bytes(PROBLEM, engine.recipe_of(optimizer)[0])
+    assert recorded == 4 * per_record == engine.record_count(6, 2) * per_record
+    assert [engine.record_count(s, r) for s, r in [(6, 2), (7, 2), (1, 1), (10**9, 1)]] == [
+        len(engine.record_steps(s, r)) for s, r in [(6, 2), (7, 2), (1, 1)]] + [10**9 + 1]
+    # A billion records: refused in words naming steps and record_every (the host is
+    # given 1 GB here, so the test does not depend on the machine).
+    monkeypatch.setattr(engine, "host_memory", lambda: 1e9)
+    with pytest.raises(ValueError, match=r"steps=1000000000 with record_every=1 makes 1000000001 records per run: "
+                                         r"the records of one run need .* of host memory"):
+        sd.simulate(PROBLEM, optimizer, key=0, steps=10**9)
+    most = int(1e9 // (2 * per_record)) - 1  # the longest run whose records fit twice (kept, copied) in 1 GB
+    engine.check_records(engine.record_count(most, 1) * per_record, runs=1, steps=most, record_every=1)
+    with pytest.raises(ValueError, match=rf"steps={most + 1} with record_every=1"):
+        engine.check_records(engine.record_count(most + 1, 1) * per_record, runs=1, steps=most + 1, record_every=1)
+
+
+def test_the_calls_of_a_long_run_are_planned_as_they_are_taken():
+    # A billion steps recorded at every step: the first call and the last are planned at
+    # once, without laying out the billion records (which took minutes and gigabytes).
+    from specdyn.simulate import plan_calls
+
+    record, count = next(plan_calls(10**9, 1, budget=64))
+    assert record.all() and count.tolist() == [1] * 32
+    (record, count), = plan_calls(10**9, 1, budget=64, start=10**9 - 5)
+    assert record.tolist() == [True] * 6 + [False] * 26 and count.tolist() == [1] * 5 + [0] * 27
+
+
+def test_key_is_a_raw_prng_key_or_an_int_seed():
+    by_seed = sd.simulate(PROBLEM, sd.gd(0.1), key=3, steps=2)
+    by_key = sd.simulate(PROBLEM, sd.gd(0.1), key=jax.random.PRNGKey(3), steps=2)
+    np.testing.assert_array_equal(by_seed["loss"], by_key["loss"])
+    np.testing.assert_array_equal(by_seed["params"]["W"], by_key["params"]["W"])
+    for bad, shown in [("0", "key='0'"), (True, "key=True"), (1.5, "key=1.5"),
+                       (jnp.zeros(3), "key=an array of shape (3,) and dtype float32"),
+                       (jax.random.key(0), "a typed key of dtype key<fry>; pass jax.random.key_data(key)")]:
+        with pytest.raises(ValueError, match=re.escape(shown)):
+            sd.simulate(PROBLEM, sd.gd(0.1), key=bad, steps=2)
 
 
 def test_simulate_rejects_non_problem_and_non_optimizer():

@@ -89,6 +89,17 @@ def test_a_file_where_the_store_should_be_is_refused(tmp_path):
         CellStore(tmp_path / "s", CONFIG)
 
 
+def test_a_store_below_a_file_or_not_a_path_is_refused_naming_it(tmp_path):
+    (tmp_path / "f").write_text("x")
+    for path in (tmp_path / "f" / "x", "/dev/null/x"):
+        with pytest.raises(ValueError, match=rf"store '{path}' cannot be made or written to as a folder "
+                                             r"\(Not a directory\)"):
+            CellStore(path, CONFIG)
+    for bad in (5, "", None):
+        with pytest.raises(ValueError, match=rf"store must be a folder path, got store={bad!r}"):
+            CellStore(bad, CONFIG)
+
+
 def test_load_names_the_path_of_a_foreign_truncated_or_missing_file(tmp_path):
     foreign = tmp_path / "notes.nc"
     foreign.write_text("not netCDF at all\n")

@@ -2,6 +2,7 @@
 store, provenance, the memory check before running, and SIGINT during a long cell."""
 
 import datetime
+import hashlib
 import importlib.util
 import json
 import os
@@ -29,6 +30,12 @@ MODULE = textwrap.dedent(
 
     import specdyn as sd
 
+    FACTOR = 1.0
+
+
+    def penalty(params):
+        return jnp.sum(params**2)
+
 
     @sd.problem
     class Tiny:
@@ -42,7 +49,7 @@ MODULE = textwrap.dedent(
             return {}
 
         def loss(self, params, data):
-            return self.scale * jnp.sum(params**2)
+            return self.scale * FACTOR * penalty(params)
 
         def metrics(self, params, data):
             return {}
@@ -95,7 +102,7 @@ def test_edited_loss_is_refused_naming_the_problem_and_fresh_starts_over(user_mo
     assert (again.attrs["cells"], again.attrs["cells_from_store"]) == (1, 1)
     np.testing.assert_array_equal(again["loss"].values, first["loss"].values)
 
-    module = edit("return self.scale * jnp.sum", "return 10 * self.scale * jnp.sum")
+    module = edit("return self.scale * FACTOR", "return 10 * self.scale * FACTOR")
     with pytest.raises(ValueError, match=r"the problem's code changed \(Tiny\.loss\).*fresh=True"):
         _run(module, store)
     fresh = _run(module, store, fresh=True)
@@ -113,11 +120,159 @@ def test_edited_factory_is_refused_naming_the_optimizer(user_module, tmp_path):
         _run(module, store)
 
 
+@pytest.mark.parametrize("old,new", [("FACTOR = 1.0", "FACTOR = 10.0"),
+                                     ("return jnp.sum(params**2)", "return 10 * jnp.sum(params**2)")])
+def test_edited_module_constant_or_helper_the_loss_uses_is_refused_and_fresh_recomputes(user_module, tmp_path,
+                                                                                         old, new):
+    module, edit = user_module
+    store = tmp_path / "store"
+    first = _run(module, store)
+    module = edit(old, new)  # the problem class itself is unchanged
+    with pytest.raises(ValueError, match=r"\(the module 'tiny_user_module' defining the problem changed\); "
+                                         r".*fresh=True") as err:
+        _run(module, store)
+    assert "problem's code" not in str(err.value) and "\n" not in str(err.value)
+    fresh = _run(module, store, fresh=True)
+    assert fresh.attrs["cells_from_store"] == 0
+    # Same initial parameters, loss x 10 at step 0 (closed form: 10 ||W0||_F^2).
+    np.testing.assert_allclose(fresh["loss"].isel(step=0).values, 10 * first["loss"].isel(step=0).values, rtol=1e-6)
+
+
+def test_a_module_the_problem_imports_from_is_part_of_the_fingerprint(tmp_path, monkeypatch):
+    # loss calls a helper of another user module (``from tiny_helpers import penalty``).
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    for name in ("tiny_helpers", "tiny_importer"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    helpers = tmp_path / "tiny_helpers.py"
+    helpers.write_text("import jax.numpy as jnp\n\n\ndef penalty(params):\n    return jnp.sum(params**2)\n")
+    importer = tmp_path / "tiny_importer.py"
+    importer.write_text(MODULE.replace("\n\ndef penalty(params):\n    return jnp.sum(params**2)\n",
+                                       "\nfrom tiny_helpers import penalty\n"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _import(helpers, "tiny_helpers")
+    module = _import(importer, "tiny_importer")
+    store = tmp_path / "store"
+    _run(module, store)
+    helpers.write_text(helpers.read_text().replace("return jnp.sum", "return 2 * jnp.sum"))
+    _import(helpers, "tiny_helpers")
+    module = _import(importer, "tiny_importer")
+    with pytest.raises(ValueError, match=r"the module 'tiny_helpers' changed"):
+        _run(module, store)
+
+
+def test_edited_specdyn_source_is_refused_naming_the_file(user_module, tmp_path, monkeypatch):
+    # specdyn's own code, e.g. the SVD polar in polar.py, is part of the fingerprint whatever
+    # its version says. The installed package is never edited: a copy of it stands in for it.
+    import shutil
+
+    from specdyn import provenance as prov
+
+    copy = tmp_path / "specdyn_copy"
+    shutil.copytree(Path(sd.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert prov.package_source(copy) == prov.specdyn_source()  # the digest is of the package's files
+    monkeypatch.setattr(prov, "_PACKAGE_ROOT", copy)
+    module, _ = user_module
+    store = tmp_path / "store"
+    _run(module, store)
+    assert _run(module, store).attrs["cells_from_store"] == 1
+    polar = copy / "polar.py"
+    polar.write_text(polar.read_text() + "\n# an edit\n")
+    assert _run(module, store).attrs["cells_from_store"] == 1  # computed once per process: what was imported
+    prov._package_source_once.cache_clear()  # as a new process would see it
+    try:
+        with pytest.raises(ValueError, match=r"\(specdyn's source changed \(polar\.py\)\); .*fresh=True"):
+            _run(module, store)
+        assert _run(module, store, fresh=True).attrs["cells_from_store"] == 0
+    finally:
+        prov._package_source_once.cache_clear()
+
+
+SPECDYN_RUN = textwrap.dedent(
+    """
+    import sys
+
+    import specdyn as sd
+
+    kw = dict(optimizers=["specgd"], learning_rates=[0.05], seeds=1, steps=3, store=sys.argv[1], progress=False)
+    problem = sd.problems.MatrixLeastSquares(rows=4, cols=3, samples=8)
+    if sys.argv[2] == "again":
+        try:
+            sd.sweep(problem, **kw)
+        except ValueError as err:
+            print("refused:", err)
+        kw["fresh"] = True
+    print("loss:", float(sd.sweep(problem, **kw)["loss"].isel(step=-1).item()))
+    """
+)
+
+
+def test_edited_specdyn_polar_in_a_copy_of_the_package_is_refused_and_fresh_gives_new_numbers(tmp_path):
+    # End to end, as a user who edits specdyn would: a copy of the package, run from its folder.
+    import shutil
+
+    copy = tmp_path / "site" / "specdyn"
+    shutil.copytree(Path(sd.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "run.py").write_text(SPECDYN_RUN)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"), PYTHONDONTWRITEBYTECODE="1")
+
+    def run(mode):
+        proc = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "store"), mode], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    before = float(run("first").split("loss:")[1])
+    polar = copy / "polar.py"
+    old = "    return jnp.matmul(u * keep[..., None, :].astype(u.dtype), vh)"  # the SVD polar factor U V^T
+    assert polar.read_text().count(old) == 1
+    polar.write_text(polar.read_text().replace(old, old.replace("return jnp", "return 0.5 * jnp")))
+    out = run("again")
+    assert "refused: store" in out and "(specdyn's source changed (polar.py)); " in out and "fresh=True" in out
+    after = float(out.split("loss:")[1])
+    # Spectral GD steps by -lr U V^T: half the polar factor is half the learning rate.
+    problem = sd.problems.MatrixLeastSquares(rows=4, cols=3, samples=8)
+    here = {lr: float(sweep(problem, optimizers=["specgd"], learning_rates=[lr], seeds=1, steps=3, progress=False)[
+        "loss"].isel(step=-1).item()) for lr in (0.05, 0.025)}
+    np.testing.assert_allclose([before, after], [here[0.05], here[0.025]], rtol=1e-5)
+    assert abs(after - before) > 1e-2 * before
+
+
+def test_specdyn_source_and_user_code_digests():
+    from specdyn import provenance as prov
+
+    source = prov.specdyn_source()
+    polar = Path(sd.__file__).parent / "polar.py"
+    assert source["polar.py"] == hashlib.sha256(polar.read_bytes()).hexdigest()[:16]
+    assert "problems/least_squares.py" in source and all("__pycache__" not in k for k in source)
+    # specdyn's own problems and factories, and installed libraries, add no module digests.
+    assert prov.user_code([sd.problems.MatrixLeastSquares, sd.gd, jax.numpy.sum]) == {}
+    # This test module is user code: its file is digested.
+    here = sys.modules[__name__]
+    assert prov.user_code([_run]) == {here.__name__: hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]}
+
+
+def test_code_without_a_source_file_is_digested_with_the_globals_it_uses():
+    from specdyn.provenance import user_code
+
+    def made(factor, helper_scale, unused):
+        namespace = {"__name__": "made_in_a_cell"}
+        exec(MODULE.replace("FACTOR = 1.0", f"FACTOR = {factor}\nUNUSED = {unused}").replace(
+            "return jnp.sum(params**2)", f"return {helper_scale} * jnp.sum(params**2)"), namespace)
+        return user_code([namespace["Tiny"]])
+
+    base = made(1.0, 1, 0)
+    assert list(base) == ["made_in_a_cell (no source file)"]
+    assert made(1.0, 1, 0) == base
+    assert made(1.0, 1, 5) == base  # a global the code does not use
+    assert made(2.0, 1, 0) != base  # a module-level constant loss uses
+    assert made(1.0, 3, 0) != base  # a module-level helper loss calls
+
+
 def test_fingerprints_without_source_use_the_code_objects():
     namespace = {}
     exec(MODULE, namespace)  # no file: inspect.getsource fails
     other = {}
-    exec(MODULE.replace("self.scale * jnp.sum", "3.0 * self.scale * jnp.sum"), other)
+    exec(MODULE.replace("self.scale * FACTOR", "3.0 * self.scale * FACTOR"), other)
     same = {}
     exec(MODULE, same)
     a, b, c = (problem_fingerprint(ns["Tiny"]) for ns in (namespace, other, same))
