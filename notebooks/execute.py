@@ -7,14 +7,16 @@ The source ``notebooks/NAME.py`` (jupytext percent format) is the notebook; the
 ``.ipynb`` beside it is that source executed, with its outputs. ``--size`` sets
 ``SIZE`` in a cell inserted after the cell tagged ``parameters`` (as papermill
 does), tagged ``injected-parameters``; at the source's own size nothing is
-inserted. A failing cell stops the run and its traceback is printed; nothing
-is written then. The kernel imports specdyn from this checkout (its root is put
+inserted. Every cell's id is derived from its type and source (see
+``stable_ids``), so executing a notebook again changes its outputs only. A
+failing cell stops the run and its traceback is printed; nothing is written then. The kernel imports specdyn from this checkout (its root is put
 first on the kernel's PYTHONPATH) and runs with ``notebooks/`` as its folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import sys
@@ -43,9 +45,21 @@ def source_path(name: str) -> Path:
     return path
 
 
+def stable_ids(nb):
+    """Give every cell an id derived from its type and source (the first 12 hex digits of
+    their SHA-256, with ``-2``, ``-3``, ... on repeats of the same cell): jupytext and
+    nbformat draw random ids, which made every re-execution rewrite every id."""
+    seen: dict[str, int] = {}
+    for cell in nb.cells:
+        digest = hashlib.sha256(f"{cell.cell_type}\n{cell.source}".encode()).hexdigest()[:12]
+        seen[digest] = seen.get(digest, 0) + 1
+        cell.id = digest if seen[digest] == 1 else f"{digest}-{seen[digest]}"
+    return nb
+
+
 def read_source(name: str) -> nbformat.NotebookNode:
-    """The notebook as written in its jupytext source, without outputs."""
-    return jupytext.read(source_path(name))
+    """The notebook as written in its jupytext source, without outputs, with :func:`stable_ids`."""
+    return stable_ids(jupytext.read(source_path(name)))
 
 
 def parameters_cell(nb) -> int:
@@ -66,7 +80,7 @@ def set_size(nb, size: str):
     cell = nbformat.v4.new_code_cell(f'# Parameters set by notebooks/execute.py --size {size}\nSIZE = "{size}"')
     cell.metadata["tags"] = [INJECTED]
     nb.cells.insert(i + 1, cell)
-    return nb
+    return stable_ids(nb)
 
 
 def kernel_env() -> dict:

@@ -144,7 +144,8 @@ def test_char_lm_smoke():
     assert len(fig.axes) == 4  # loss, nr/st per optimizer (2), the ratio over block matrices
     ratio_lines = {ln.get_label(): ln for ln in fig.axes[-1].get_lines()}
     blocks = [n for n in names if n.startswith("L")]
-    np.testing.assert_allclose(ratio_lines["muon min"].get_ydata(),
+    assert f"muon lr {ds.attrs['muon_lr']:g}: probe batch" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    np.testing.assert_allclose(ratio_lines[f"muon lr {ds.attrs['muon_lr']:g}: min"].get_ydata(),
                                ds.ratio.sel(optimizer="muon", matrix=blocks).min("matrix"), rtol=1e-6)
     plt.close(fig)
     with pytest.raises(ValueError, match="size"):

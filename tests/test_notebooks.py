@@ -42,8 +42,26 @@ def test_size_injection():
     full = nbx.set_size(nbx.read_source(NAMES[0]), "full")
     assert full.cells[i + 1].source.endswith('SIZE = "full"')
     assert nbx.cells(full) == nbx.cells(nb)
+    assert [c.id for c in full.cells if nbx.INJECTED not in c.metadata.get("tags", [])] == [c.id for c in nb.cells]
     with pytest.raises(ValueError, match="size must be one of"):
         nbx.set_size(nb, "large")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cell_ids_follow_from_the_cells(name):
+    """Reading a source twice gives the same ids (so a re-execution changes outputs only),
+    valid and unique; a cell's id changes with its source and not with its neighbours'."""
+    first, second = nbx.read_source(name), nbx.read_source(name)
+    ids = [c.id for c in first.cells]
+    assert ids == [c.id for c in second.cells]
+    assert len(set(ids)) == len(ids)
+    nbformat.validate(first)
+    second.cells[-1].source += "\n# edited"
+    nbx.stable_ids(second)
+    assert [c.id for c in second.cells][:-1] == ids[:-1] and second.cells[-1].id != ids[-1]
+    twice = nbx.read_source(name)
+    twice.cells.append(nbformat.v4.new_markdown_cell(twice.cells[0].source))
+    assert nbx.stable_ids(twice).cells[-1].id == ids[0] + "-2"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -57,6 +75,13 @@ def test_committed_notebook_is_its_source_executed(name):
     outputs = [o for c in code for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs), "no figure in the committed outputs"
+    not_drawn = [o for o in outputs if "<Figure size" in "".join(o.get("data", {}).get("text/plain", ""))
+                 and "image/png" not in o.get("data", {})]
+    assert not not_drawn, "a figure left as its text representation: the inline backend did not draw it"
+    source_ids = [c.id for c in nbx.read_source(name).cells]
+    assert [c.id for c in committed.cells if nbx.INJECTED not in c.metadata.get("tags", [])] == source_ids, (
+        f"notebooks/{name}.ipynb has cell ids other than notebooks/execute.py gives: re-execute it"
+    )
     size = committed.metadata.get("specdyn", {}).get("size")
     assert size in nbx.SIZES, "executed notebooks record their size (notebooks/execute.py writes it)"
     assert f"{size} size" in committed.cells[0].source, "the first cell says at which size the outputs are"

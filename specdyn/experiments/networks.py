@@ -564,38 +564,49 @@ def char_lm(
 def char_lm_figure(ds: xr.Dataset) -> plt.Figure:
     """Loss per optimizer; nr(G) and st(A) of every matrix over training (per optimizer);
     nr(G)/st(A) over the blocks' matrices (min and median; the criterion favours a spectral
-    step where it is ≥ 1)."""
+    step where it is ≥ 1). Every legend names the optimizer with its rate and sits below its
+    panel (constrained layout), so no legend covers a curve."""
     opts = list(ds.optimizer.values)
-    fig, axes = plt.subplots(1, 2 + len(opts), figsize=(4.5 * (2 + len(opts)), 3.8))
+    rates = {"muon": ds.attrs.get("muon_lr", float("nan")), "adamw": ds.attrs.get("adam_lr", float("nan"))}
+
+    def name(o):
+        return f"{o} lr {rates[o]:g}" if o in rates else str(o)
+
+    def legend_below(ax, ncol, fontsize=7):
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, fontsize=fontsize, frameon=False)
+
+    fig, axes = plt.subplots(1, 2 + len(opts), figsize=(4.6 * (2 + len(opts)), 5.4), layout="constrained")
     for k, o in enumerate(opts):
-        axes[0].plot(ds.step, ds.loss.sel(optimizer=o), color=f"C{k}", alpha=0.5, label=f"{o} train")
-        axes[0].plot(ds.log_step, ds.val_loss.sel(optimizer=o), "o-", color=f"C{k}", label=f"{o} val")
+        axes[0].plot(ds.step, ds.loss.sel(optimizer=o), color=f"C{k}", alpha=0.5, label=f"{name(o)}: probe batch")
+        axes[0].plot(ds.log_step, ds.val_loss.sel(optimizer=o), "o-", color=f"C{k}", ms=3,
+                     label=f"{name(o)}: validation")
     unit = "byte" if ds.attrs.get("vocab", 256) == 256 else "token"
     axes[0].set(xlabel="step", ylabel=f"cross-entropy (nats/{unit})",
-                title=f"{ds.attrs.get('size', '')}: Muon lr {ds.attrs.get('muon_lr', float('nan')):g}, "
-                      f"AdamW lr {ds.attrs.get('adam_lr', float('nan')):g} (untuned)")
-    axes[0].legend(fontsize=7)
+                title=f"{ds.attrs.get('size', '')} size, rates untuned\n"
+                      f"(muon: Muon on block matrices, AdamW lr {rates['adamw']:g} on the rest)")
+    legend_below(axes[0], ncol=1)
     for ax, o in zip(axes[1:], opts):
         for k, m in enumerate(ds.matrix.values):
             sel = ds.sel(optimizer=o, matrix=m)
             color = plt.get_cmap("tab20")(k % 20)
             ax.plot(ds.log_step, sel.nuclear_rank, "-", color=color, label=f"{m}")
             ax.plot(ds.log_step, sel.stable_rank, ":", color=color)
-        ax.set(yscale="log", xlabel="step", title=f"{o}: nr(G) solid, st(A) dotted")
-        ax.legend(fontsize=5, ncol=2)
+        ax.set(yscale="log", xlabel="step", ylabel="nr(G) (solid), st(A) (dotted)",
+               title=f"{name(o)}: every matrix")
+        legend_below(ax, ncol=4, fontsize=6)
     blocks = [m for m in ds.matrix.values if str(m).startswith("L")]
     ratio = ds.ratio.sel(matrix=blocks)
     for k, o in enumerate(opts):
         r = ratio.sel(optimizer=o)
-        axes[-1].plot(ds.log_step, r.min("matrix"), "--", color=f"C{k}", label=f"{o} min")
-        axes[-1].plot(ds.log_step, r.median("matrix"), "-", color=f"C{k}", label=f"{o} median")
-    axes[-1].axhline(1.0, color="grey", lw=0.8)
-    axes[-1].set(yscale="log", xlabel="step", title=f"nr(G)/st(A) over the {len(blocks)} block matrices")
-    axes[-1].legend(fontsize=7)
+        axes[-1].plot(ds.log_step, r.min("matrix"), "--", color=f"C{k}", label=f"{name(o)}: min")
+        axes[-1].plot(ds.log_step, r.median("matrix"), "-", color=f"C{k}", label=f"{name(o)}: median")
+    axes[-1].axhline(1.0, color="grey", lw=0.8, label="1: above it the criterion favours a spectral step")
+    axes[-1].set(yscale="log", xlabel="step", ylabel="nr(G) / st(A)",
+                 title=f"nr(G)/st(A) over the {len(blocks)} block matrices")
+    legend_below(axes[-1], ncol=1)
     fig.suptitle(f"character LM, {ds.attrs.get('layers', '?')} layers, width {ds.attrs.get('width', '?')}, "
                  f"seq {ds.attrs.get('seq', '?')}, batch {ds.attrs.get('batch', '?')}, {ds.attrs.get('steps', '?')} steps; text: "
                  f"{ds.attrs.get('text', '?')}; criterion on a fixed probe batch", fontsize=9)
-    fig.tight_layout()
     return fig
 
 
