@@ -288,27 +288,27 @@ def _sweep_rule(figures: dict, metric: str = "loss"):
     """The one learning-rate rule of a sweep: that of its first named figure that picks rates
     (its ``learning_rate_rule``), else the lowest seed-mean final ``metric``; returns
     ``(rule, where)`` with ``where`` naming its source."""
-    from specdyn.results import LearningRateRule
+    from specdyn.results import BestRateRule
 
     for name, draw in figures.items():
         rule = getattr(draw, "learning_rate_rule", None)
-        if isinstance(rule, LearningRateRule):
+        if isinstance(rule, BestRateRule):
             return rule, f"the rule of figure {name}"
-    return LearningRateRule.of_metric(metric, mode="min", rule="final"), "the default rule"
+    return BestRateRule.of_metric(metric, mode="min", rule="final"), "the default rule"
 
 
 def _summary(ds, metric: str = "loss", rule=None, where: str = "the default rule") -> str:
     """Per optimizer (and grid point): its best learning rate by ``rule`` (a
-    :class:`specdyn.results.LearningRateRule`; default: the lowest seed-mean final
+    :class:`specdyn.results.BestRateRule`; default: the lowest seed-mean final
     ``metric``), the same rule the figures use, then the rule's score there and the median
     and range over seeds of ``metric`` at the last recorded step."""
     import numpy as np
 
-    from specdyn.results import LearningRateRule, converged_runs
+    from specdyn.results import BestRateRule, converged_runs
 
     default = rule is None
     if default:
-        rule = LearningRateRule.of_metric(metric, mode="min", rule="final")
+        rule = BestRateRule.of_metric(metric, mode="min", rule="final")
     scores = rule.scores(ds)
     best_index = rule.best_index(ds)
     final = ds[metric].isel(step=-1)
@@ -575,6 +575,7 @@ def _cmd_demo(args) -> None:
     out = _output_folder(args.out, create=True)
     start = time.perf_counter()
     result = demo(out)
+    print(result["rule"] + " (the same rule picks the rates on the figures)")
     for method, stats in result["summary"].items():
         parts = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in stats.items())
         print(f"{method}: {parts}")

@@ -126,7 +126,7 @@ def plot_metric(ds: xr.Dataset, metric: str, *, logy: bool | None = None, confid
     runs that did not diverge, shaded with its ``confidence`` Student-t interval over seeds
     (:func:`specdyn.results.seed_statistics`); on a log y axis (``logy``; by default when the
     values span more than two decades) the geometric mean and the interval of the mean log.
-    With a ``rule`` (:class:`specdyn.results.LearningRateRule`) each panel's best rates by
+    With a ``rule`` (:class:`specdyn.results.BestRateRule`) each panel's best rates by
     it are drawn thick and named in the panel's title, and the rule is printed below.
     """
     if metric not in ds:
@@ -221,7 +221,7 @@ def standard_figures(ds: xr.Dataset, out_dir, *, metrics=("loss",), figures=None
 
     ``figures``: ``{name: function(ds) -> Figure}`` (a named figure of a sweep file is
     resolved by :func:`specdyn.config.resolve_figure`); the PNG is ``<name>.png`` with
-    dots as dashes. ``rule``: the :class:`specdyn.results.LearningRateRule` whose best
+    dots as dashes. ``rule``: the :class:`specdyn.results.BestRateRule` whose best
     rates :func:`plot_metric` marks."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from specdyn.storage import CellStore, coordinate_values, load, save
 
 __all__ = [
     "CellStore",
-    "LearningRateRule",
+    "BestRateRule",
     "best_learning_rate",
     "coordinate_values",
     "learning_rate_scores",
@@ -116,7 +116,7 @@ def best_learning_rate(ds: xr.Dataset, metric: str, *, mode: str = "min", rule: 
 
 
 @dataclasses.dataclass(frozen=True)
-class LearningRateRule:
+class BestRateRule:
     """One rule for "the best learning rate", shared by a figure and the printed summary.
 
     ``scores(ds)`` gives every rate's score, a DataArray over the dims of
@@ -142,7 +142,7 @@ class LearningRateRule:
             raise ValueError(f"scores must be a function of the Dataset, got scores={self.scores!r}")
 
     @classmethod
-    def of_metric(cls, metric: str, *, mode: str = "min", rule: str = "final") -> LearningRateRule:
+    def of_metric(cls, metric: str, *, mode: str = "min", rule: str = "final") -> BestRateRule:
         """The rule of :func:`best_learning_rate`: the seed-mean ``metric`` at the last
         recorded step (``rule="final"``) or at its best one (``"peak"``)."""
         if mode not in ("min", "max"):
@@ -177,11 +177,11 @@ class LearningRateRule:
         return ds.isel(lr=self.best_index(ds))
 
 
-def picks_rates_by(rule: LearningRateRule):
+def picks_rates_by(rule: BestRateRule):
     """Mark a figure function as picking each optimizer's rate by ``rule`` (sets its
     ``learning_rate_rule`` attribute, read by ``specdyn sweep``'s summary)."""
-    if not isinstance(rule, LearningRateRule):
-        raise ValueError(f"rule must be a LearningRateRule, got {rule!r}")
+    if not isinstance(rule, BestRateRule):
+        raise ValueError(f"rule must be a BestRateRule, got {rule!r}")
 
     def mark(func):
         func.learning_rate_rule = rule
@@ -324,12 +324,12 @@ def paired_comparison(
     rule: str = "final",
     test: str = "t",
     confidence: float = 0.95,
-    rate_rule: LearningRateRule | None = None,
+    rate_rule: BestRateRule | None = None,
 ) -> xr.Dataset:
     """Compare optimizers ``a`` and ``b`` at their best rates, paired by seed.
 
     Each optimizer's rate is picked by :func:`best_learning_rate` (``mode``,
-    ``rule``), or by ``rate_rule`` when given (a figure's :class:`LearningRateRule`,
+    ``rule``), or by ``rate_rule`` when given (a figure's :class:`BestRateRule`,
     so that the comparison is at the rates the figure shows); each seed's score is ``metric`` at the last recorded step
     (``rule="final"``) or at the step where that rate's seed-mean is best
     (``"peak"``). Seeds where either run diverged are left out. The difference is
@@ -355,8 +355,8 @@ def paired_comparison(
         raise ValueError(f"a and b must be two different optimizers, got a=b={a!r}")
     best = best_learning_rate(ds, metric, mode=mode, rule=rule)  # validates metric, mode, rule
     if rate_rule is not None:
-        if not isinstance(rate_rule, LearningRateRule):
-            raise ValueError(f"rate_rule must be a LearningRateRule or None, got {rate_rule=!r}")
+        if not isinstance(rate_rule, BestRateRule):
+            raise ValueError(f"rate_rule must be a BestRateRule or None, got {rate_rule=!r}")
         best = rate_rule.best(ds)
     scores = _per_seed_scores(best, metric, mode=mode, rule=rule)
     # drop only the optimizer label: with no grid dims, each chosen learning_rate is a scalar coordinate
@@ -391,7 +391,7 @@ def paired_comparison(
         coords=coords,
         attrs={"metric": metric, "a": a, "b": b, "mode": mode, "rule": rule, "test": test,
                "confidence": confidence,
-               "rate_rule": (rate_rule or LearningRateRule.of_metric(metric, mode=mode, rule=rule)).description,
+               "rate_rule": (rate_rule or BestRateRule.of_metric(metric, mode=mode, rule=rule)).description,
                "description": f"{a} - {b} at their best rates, paired by seed: two-sided {label[test]}, "
                               f"{confidence:.0%} t-interval of the mean difference"},
     )

@@ -14,7 +14,7 @@ from specdyn.plot import legend_outside
 from specdyn.problems.digits import DigitsMLP, long_tailed_digits
 from specdyn.reduced import imbalanced as red
 from specdyn.results import (
-    LearningRateRule,
+    BestRateRule,
     best_learning_rate,
     best_lr_index,
     first_step,
@@ -59,7 +59,7 @@ def alpha_closed_forms(ds: xr.Dataset) -> plt.Figure:
 # early stopping with an oracle). Accuracies are scale-invariant (argmax of W x), so a rule
 # on them ties every rate small enough to stay on the first steps' direction; the loss is not.
 RULE = {"metric": "balanced_loss", "mode": "min", "rule": "peak"}
-RATE_RULE = LearningRateRule.of_metric(RULE["metric"], mode=RULE["mode"], rule=RULE["rule"])
+RATE_RULE = BestRateRule.of_metric(RULE["metric"], mode=RULE["mode"], rule=RULE["rule"])
 
 
 def rule_text(rule: dict = RULE) -> str:

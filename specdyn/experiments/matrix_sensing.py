@@ -44,7 +44,7 @@ from matplotlib.figure import Figure
 from specdyn.plot import curve_style, legend_outside
 from specdyn.problems.matrix_sensing import MatrixSensing
 from specdyn.results import (
-    LearningRateRule,
+    BestRateRule,
     best_lr_index,
     first_step,
     index_zero_except,
@@ -317,7 +317,7 @@ def alignment_vs_width(ds: xr.Dataset, signal_fraction=0.1) -> Figure:
     return fig
 
 
-METHODS_RULE = LearningRateRule.of_metric("test_error", mode="min", rule="final")
+METHODS_RULE = BestRateRule.of_metric("test_error", mode="min", rule="final")
 
 
 @picks_rates_by(METHODS_RULE)

@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 
 from specdyn.plot import curve_style, legend_outside, save_figure
 from specdyn.results import (
-    LearningRateRule,
+    BestRateRule,
     best_learning_rate,
     best_lr_index,
     first_crossing,
@@ -124,10 +124,10 @@ def _final_distance(ds):
     return ds["distance"].isel(step=-1).mean("seed")
 
 
-def accuracy_rule(tol=0.1) -> LearningRateRule:
-    """The accuracy rule (module docstring) as a :class:`specdyn.results.LearningRateRule`:
+def accuracy_rule(tol=0.1) -> BestRateRule:
+    """The accuracy rule (module docstring) as a :class:`specdyn.results.BestRateRule`:
     the figures and ``specdyn sweep``'s summary pick rates by it."""
-    return LearningRateRule(
+    return BestRateRule(
         description=(f"best lr = the smallest seed-mean step from which ‖M−θθᵀ‖_F stays ≤ {tol:g} "
                      "(ties: smaller final distance; a rate where a seed diverged or never got there is out)"),
         scores=lambda ds: accuracy_scores(ds, tol),
@@ -337,7 +337,7 @@ def power_law(ds, threshold=0.5, tol=0.1):
     return fig
 
 
-@picks_rates_by(LearningRateRule.of_metric("distance", mode="min", rule="peak"))
+@picks_rates_by(BestRateRule.of_metric("distance", mode="min", rule="peak"))
 def label_noise(ds, rule="peak"):
     """Finite samples with label noise: the distance ‖M − θθᵀ‖_F (smallest over the run for
     ``rule="peak"``, final for "final") against the sample count, one line per (optimizer,
