@@ -306,9 +306,9 @@ def _summary(ds, metric: str = "loss", rule=None, where: str = "the default rule
 
     from specdyn.results import BestRateRule, converged_runs
 
-    default = rule is None
-    if default:
-        rule = BestRateRule.of_metric(metric, mode="min", rule="final")
+    plain = BestRateRule.of_metric(metric, mode="min", rule="final")
+    rule = rule or plain
+    default = rule.description == plain.description  # its score is the seed mean of the table's metric
     scores = rule.scores(ds)
     best_index = rule.best_index(ds)
     final = ds[metric].isel(step=-1)

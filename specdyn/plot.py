@@ -127,7 +127,7 @@ def plot_metric(ds: xr.Dataset, metric: str, *, logy: bool | None = None, confid
     (:func:`specdyn.results.seed_statistics`); on a log y axis (``logy``; by default when the
     values span more than two decades) the geometric mean and the interval of the mean log.
     With a ``rule`` (:class:`specdyn.results.BestRateRule`) each panel's best rates by
-    it are drawn thick and named in the panel's title, and the rule is printed below.
+    it are drawn thick and named in the panel's title, and the rule is printed in the title.
     """
     if metric not in ds:
         raise ValueError(f"no metric {metric!r} in the results; have {sorted(ds.data_vars)}")
@@ -144,6 +144,7 @@ def plot_metric(ds: xr.Dataset, metric: str, *, logy: bool | None = None, confid
     band, caption = _band(ds, metric, confidence, logy)
     if ds.sizes["seed"] == 1:
         caption = "one seed (no band)"
+    rule = rule if ds.sizes["lr"] > 1 else None  # one rate per optimizer: nothing to pick
     best = rule.best_index(ds) if rule is not None else None
     steps = ds["step"].values
     positive = steps[steps > 0]

@@ -43,10 +43,11 @@ def alpha_closed_forms(ds: xr.Dataset) -> plt.Figure:
             ax.plot(t[:, 0], alpha[:, c], label=f"class {c} (p={p[c]:.2f})")
         closed = {"gd": red.gd_alpha, "specgd": red.specgd_alpha}.get(str(name))
         if closed is not None:
-            ax.plot(t[:, 0], np.asarray(closed(t, lr, p, mu, sigma)), "k--", lw=0.8, label="closed form")
+            curves = ax.plot(t[:, 0], np.asarray(closed(t, lr, p, mu, sigma)), "k--", lw=0.8)
+            curves[0].set_label("closed form")  # one entry for the classes' closed forms
         ax.axhline(0, color="grey", lw=0.3)
-        for s in np.asarray(red.components(p, mu, sigma)[2]):
-            ax.axhline(s, color="grey", ls=":", lw=0.6)
+        for c, s in enumerate(np.asarray(red.components(p, mu, sigma)[2])):
+            ax.axhline(s, color="grey", ls=":", lw=0.6, label=r"$\alpha^*_c$" if c == 0 else None)
         ax.set(title=f"{name} (lr={lr:g})" + (" — dashed: closed form" if closed else ""), xlabel="step")
     axes[0, 0].set_ylabel(r"$\alpha_c$")
     legend_outside(axes[0, -1])
@@ -196,6 +197,8 @@ def depth_gap(ds: xr.Dataset) -> plt.Figure:
            title="saturation gap (90% of α*), every lr of the grid", xticks=list(depths),
            xticklabels=[str(int(d)) for d in depths], ylim=(bottom / 4, 2 * top))
     ax.minorticks_off()
+    ax.plot([], [], "o", color="grey", ms=3, label="each rate of the grid")
+    ax.plot([], [], "^", color="grey", ms=8, label=f"not escaped within T={horizon}")
     legend_outside(ax, title="line: median over rates", title_fontsize=7)
     fig.tight_layout()
     return fig

@@ -172,12 +172,12 @@ def phases(ds: xr.Dataset) -> Figure:
             pm = power_method(prob, data, params["U"], lr, pm_steps)
         axes[1].plot(pm_steps, pm["angle"], "k--", lw=1, label="power method (seed 0)")
     for ax in axes:
-        for e, name in zip(ends.values, _PHASES, strict=True):
-            if np.isfinite(e):
+        for k, (e, name) in enumerate(zip(ends.values, _PHASES, strict=True)):
+            if np.isfinite(e):  # labels at staggered heights: phase ends can be a few steps apart
                 ax.axvline(e, color="grey", ls=":", lw=1)
-                ax.text(e, 0.98, f" end {name}", transform=ax.get_xaxis_transform(),
-                        va="top", fontsize=7, color="grey")
-        ax.set_xlabel("step")
+                ax.text(e, 0.98 - 0.07 * k, f" end {name}", transform=ax.get_xaxis_transform(),
+                        va="top", fontsize=7, color="dimgrey")
+        ax.set_xlabel("step (symlog scale)")
         ax.set_xscale("symlog", linthresh=10)
         ax.set_xlim(left=0)
         legend_outside(ax, where="below")
@@ -299,15 +299,16 @@ def alignment_vs_width(ds: xr.Dataset, signal_fraction=0.1) -> Figure:
     axes[0].set(xlabel="step", ylabel="largest principal angle (rad)", title="angle (seed mean)",
                 xlim=(0, min(float(steps[-1]), 3 * float(np.nanmax(ends.values)))))
     legend_outside(axes[0], where="below")
-    for name, ax, lab in (("angle", axes[1], "angle at the end of the alignment phase (rad)"),
-                          ("length", axes[2], "steps")):
+    for name, ax, lab in (("angle", axes[1], "angle at the phase's end (rad)"),
+                          ("length", axes[2], "step")):
         v = ph[name]
-        ax.plot(ks, v.mean("seed"), "o-", color="C0", label=f"{name} at σ_min(signal) ≥ "
-                f"{signal_fraction:g}σ_min(X)")
+        ax.plot(ks, v.mean("seed"), "o-", color="C0", label=f"{name} of the alignment phase (seed mean): "
+                f"until σ_min(signal) ≥ {signal_fraction:g}σ_min(X)")
+        ax.set_title(f"alignment phase: its {name}", fontsize=9)
         for s_ in range(v.sizes["seed"]):
             ax.plot(ks, v.isel(seed=s_), ".", color="grey", ms=3, label="each seed" if s_ == 0 else None)
         ax.set(xlabel="width k", ylabel=lab)
-    axes[2].plot(ks, ends.mean("seed"), "s--", color="C1", label="first step with angle ≤ 0.25")
+    axes[2].plot(ks, ends.mean("seed"), "s--", color="C1", label="first step with angle ≤ 0.25 (seed mean)")
     for ax in axes[1:]:
         legend_outside(ax, where="below")
     prob = problem_of(ds)

@@ -236,7 +236,8 @@ def _title(ds):
     keys = [k for k in ("dim", "covariance", "spike", "exponent", "init_scale", "samples")
             if k in cfg and k not in ds.dims and not (k == "exponent" and cfg.get("covariance") == "spiked")
             and not (k == "spike" and cfg.get("covariance") == "power_law")]
-    return "phase retrieval: " + ", ".join(f"{k}={cfg[k]}" for k in keys)
+    parts = [f"{k}={cfg[k]}" if not (k == "samples" and cfg[k] in (None, "none")) else "population loss" for k in keys]
+    return "phase retrieval: " + ", ".join(parts)
 
 
 @picks_rates_by(ACCURACY_RULE)
@@ -259,8 +260,10 @@ def spike_strengths(ds, threshold=0.5, tol=0.1):
         min_al = ds["alignment"].sel(optimizer=opt).min("step").mean("seed")
         div = (ds["diverged_at"].sel(optimizer=opt) >= 0).any("seed")
         min_al = min_al.where(~div)
-        axes[-1].fill_between(spikes, min_al.min("lr"), min_al.max("lr"), color=f"C{j}", alpha=0.3,
+        axes[-1].fill_between(spikes, min_al.min("lr"), min_al.max("lr"), color=f"C{j}", alpha=0.3, lw=0,
                               label=f"{opt}: range over non-diverged rates")
+        axes[-1].plot(spikes, min_al.median("lr"), "o-", color=f"C{j}", ms=4, lw=1,
+                      label=f"{opt}: median over non-diverged rates")
     axes[-1].axhline(float(ds["alignment"].isel(step=0).mean()), color="k", ls=":", label="at step 0")
     axes[-1].set(xscale="log", yscale="log", xlabel="spike λ", ylabel="min alignment over run")
     legend_outside(axes[-1], where="below")
@@ -330,7 +333,8 @@ def power_law(ds, threshold=0.5, tol=0.1):
         b = _rest_first(best.sel(optimizer=opt), ("exponent",))
         axes[-1].plot(ex, b["escape"], "o-", color=f"C{j}", label=f"{opt}: escape step (best rate)")
         axes[-1].plot(ex, b["score"], "s--", color=f"C{j}", ms=4, label=f"{opt}: time to accuracy")
-    axes[-1].set(xlabel="power-law exponent", ylabel="escape step", yscale="log")
+    axes[-1].set(xlabel="power-law exponent", ylabel="step (log scale)", yscale="log",
+                 title="escape and time to accuracy at the best rates")
     legend_outside(axes[-1], where="below")
     fig.suptitle(_title(ds) + "\n" + ESCAPE_RULE.format(thr=threshold, tol=tol), fontsize=9)
     fig.tight_layout()
@@ -402,7 +406,8 @@ def sliding_figure(dim=16, spike=10.0, init_scale=0.01, lr=0.01, steps=1500, rec
                     va="top", fontsize=7, color="grey")
         ax.set_xlabel("t = lr · step")
         legend_outside(ax, where="below")
-    axes[0].set(ylabel="coefficient")
+    axes[0].set(ylabel="coefficient (a=‖Wθ‖, b=‖Wv‖, c)")
+    axes[1].set(ylabel="distance from the sliding flow (+1e-9, log scale)")
     axes[1].set_ylim(bottom=1e-8)
     fig.suptitle(f"SpecGD on phase retrieval past chattering: d=m={dim}, λ={spike:g}, α={init_scale:g}, "
                  f"lr={lr:g} (float64)", fontsize=9)
