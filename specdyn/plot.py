@@ -47,7 +47,7 @@ def curve_style(group: int, member: int = 0, members: int = 1) -> dict:
 
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     base = np.asarray(to_rgb(colors[group % len(colors)]))
-    t = 0.0 if members == 1 else member / (members - 1) * 1.2 - 0.6  # -0.6 (light) ... +0.6 (dark)
+    t = 0.0 if members == 1 else member / (members - 1) * 0.9 - 0.45  # -0.45 (light) ... +0.45 (dark)
     rgb = base + (1 - base) * -t if t < 0 else base * (1 - 0.75 * t)
     n_ls = len(_LINESTYLES)
     return {

@@ -302,8 +302,7 @@ def alignment_vs_width(ds: xr.Dataset, signal_fraction=0.1) -> Figure:
     for name, ax, lab in (("angle", axes[1], "angle at the phase's end (rad)"),
                           ("length", axes[2], "step")):
         v = ph[name]
-        ax.plot(ks, v.mean("seed"), "o-", color="C0", label=f"{name} of the alignment phase (seed mean): "
-                f"until σ_min(signal) ≥ {signal_fraction:g}σ_min(X)")
+        ax.plot(ks, v.mean("seed"), "o-", color="C0", label=f"{name} of the alignment phase (seed mean)")
         ax.set_title(f"alignment phase: its {name}", fontsize=9)
         for s_ in range(v.sizes["seed"]):
             ax.plot(ks, v.isel(seed=s_), ".", color="grey", ms=3, label="each seed" if s_ == 0 else None)
@@ -313,7 +312,8 @@ def alignment_vs_width(ds: xr.Dataset, signal_fraction=0.1) -> Figure:
         legend_outside(ax, where="below")
     prob = problem_of(ds)
     fig.suptitle(f"alignment phase vs width: n={prob.dim}, r={prob.rank}, m={prob.measurements}, "
-                 f"condition={cond:g}, α={prob.init_scale:g}", fontsize=9)
+                 f"condition={cond:g}, α={prob.init_scale:g}, {ds.sizes['seed']} seeds\n"
+                 f"alignment phase: from step 0 until σ_min(V_XᵀU) ≥ {signal_fraction:g}·σ_min(X)", fontsize=9)
     fig.tight_layout()
     return fig
 

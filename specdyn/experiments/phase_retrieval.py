@@ -280,6 +280,7 @@ def escape_time_vs_dim(ds, threshold=0.5, tol=0.1):
     Right: the best rate against d."""
     best = best_rate_by_accuracy(ds, tol, threshold)
     esc = escape_scores(ds, threshold)
+    diverged = (ds["diverged_at"] >= 0).any("seed")
     fig = Figure(figsize=(15, 4.2))
     axes = fig.subplots(1, 3)
     x = ds["dim"].values.astype(float)
@@ -298,15 +299,18 @@ def escape_time_vs_dim(ds, threshold=0.5, tol=0.1):
         for j, lr in enumerate(rates):  # every rate drawn and named; a slope only from >= 3 sizes
             yj = e.isel(lr=j).values
             seen = int(np.isfinite(yj).sum())
+            n_div = int(_rest_first(diverged.sel(optimizer=opt), ("dim", "lr")).isel(lr=j).sum())
             slope = (f"slope {log_log_slope(x, yj):.2f}" if seen >= 3
-                     else f"escapes at {seen} of {len(x)} d, no slope")
+                     else f"escapes at {seen} of {len(x)} d" + (f", diverges at {n_div}" if n_div else ""))
             axes[1].loglog(x, yj, **curve_style(i, j, len(rates)), lw=1.0, ms=4,
                            label=f"{opt} lr={lr:g} ({slope})")
     axes[0].set(xlabel="dimension d (= width m)", ylabel="step", title="rate tuned per d")
     axes[1].set(xlabel="dimension d", ylabel=f"escape step (stays > {threshold})",
                 title="each fixed rate (light: small, dark: large)")
-    axes[2].set(xlabel="dimension d", ylabel="best learning rate")
+    axes[2].set(xlabel="dimension d", ylabel="best learning rate", title="best rate per d")
     for ax in axes:
+        ax.set_xticks(x, [f"{v:g}" for v in x])  # the sizes themselves, not 3×10¹-style labels
+        ax.minorticks_off()
         legend_outside(ax, where="below")
     fig.suptitle(_title(ds) + "\n" + ESCAPE_RULE.format(thr=threshold, tol=tol), fontsize=9)
     fig.tight_layout()
@@ -347,7 +351,7 @@ def label_noise(ds, rule="peak"):
     ``rule="peak"``, final for "final") against the sample count, one line per (optimizer,
     noise level), each at its best rate (distance rule)."""
     best = best_rate_by_distance(ds, rule)
-    fig = Figure(figsize=(6.5, 4))
+    fig = Figure(figsize=(9, 4))
     ax = fig.subplots()
     n = ds["samples"].values.astype(float) if "samples" in ds.dims else None
     noise = ds["label_noise"].values if "label_noise" in ds.dims else [0.0]
@@ -407,7 +411,7 @@ def sliding_figure(dim=16, spike=10.0, init_scale=0.01, lr=0.01, steps=1500, rec
         ax.set_xlabel("t = lr · step")
         legend_outside(ax, where="below")
     axes[0].set(ylabel="coefficient (a=‖Wθ‖, b=‖Wv‖, c)")
-    axes[1].set(ylabel="distance from the sliding flow (+1e-9, log scale)")
+    axes[1].set(ylabel="|coefficient − flow| + 1e-9")
     axes[1].set_ylim(bottom=1e-8)
     fig.suptitle(f"SpecGD on phase retrieval past chattering: d=m={dim}, λ={spike:g}, α={init_scale:g}, "
                  f"lr={lr:g} (float64)", fontsize=9)
