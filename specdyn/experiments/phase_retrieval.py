@@ -473,9 +473,9 @@ def demo(out_dir, dim=32, spike=30.0, steps=400, init_scale=0.01, threshold=0.5,
     ax.set(xscale="symlog", xlabel="step", ylabel=r"alignment $\theta^T M\theta/\|M\|_F$",
            title=f"phase retrieval, spiked λ={spike:g}, d={dim}, one seed")
     legend_outside(ax, fontsize=8, title="optimizer (best lr)", title_fontsize=8)
-    fig.tight_layout()
-    footnote = textwrap.fill(ESCAPE_RULE.format(thr=threshold, tol=tol) + f"; rate grids: {_grids(ds)}", 110)
-    fig.text(0.0, 0.0, footnote, fontsize=7, va="top", ha="left")  # below the axes; kept by save_figure
+    footnote = textwrap.fill(ESCAPE_RULE.format(thr=threshold, tol=tol) + f"; rate grids: {_grids(ds)}", 100)
+    fig.text(0.01, 0.01, footnote, fontsize=7, va="bottom", ha="left")
+    fig.tight_layout(rect=(0, 0.035 * (footnote.count("\n") + 1) + 0.02, 1, 1))  # room for the footnote
     path = os.path.join(out_dir, "phase_retrieval_alignment.png")
     save_figure(fig, path, dpi=100)
     figs.append(path)
