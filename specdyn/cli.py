@@ -297,6 +297,32 @@ def _sweep_rule(figures: dict, metric: str = "loss"):
     return BestRateRule.of_metric(metric, mode="min", rule="final"), "the default rule"
 
 
+def _results_rule(ds):
+    """The learning-rate rule that the sweep which wrote ``ds`` used for its summary and figures
+    (:func:`_sweep_rule` of the named figures of the sweep file kept in its provenance), so
+    ``specdyn plot`` marks the same best rates; None when neither a figure's rule nor a loss."""
+    import json
+    import tomllib
+
+    from specdyn.config import resolve_figure
+
+    try:
+        provenance = json.loads(ds.attrs.get("provenance", "{}"))
+        text = provenance.get("sweep_file_text")
+        spec = tomllib.loads(text) if text else {}
+    except (ValueError, TypeError, AttributeError):  # no or foreign provenance: no figure rule
+        provenance, spec = {}, {}
+    plot = spec.get("plot", {})
+    if provenance.get("smoke"):
+        plot = {**plot, **spec.get("smoke", {}).get("plot", {})}
+    drawers = {}
+    for name in plot.get("figures", []):
+        with contextlib.suppress(ValueError):  # a figure since renamed: its rule is unknown
+            drawers[name] = resolve_figure(name)
+    rule, where = _sweep_rule(drawers)
+    return None if where == "the default rule" and "loss" not in ds else rule
+
+
 def _summary(ds, metric: str = "loss", rule=None, where: str = "the default rule") -> str:
     """Per optimizer (and grid point): its best learning rate by ``rule`` (a
     :class:`specdyn.results.BestRateRule`; default: the lowest seed-mean final
@@ -560,7 +586,7 @@ def _cmd_plot(args) -> None:
         )
         raise ValueError(f"{what} to plot in {args.results} (plottable: {', '.join(metrics)})")
     out = _output_file(args.out or Path(args.results).with_name(f"{args.metric}.png"))
-    fig = plot_metric(ds, args.metric)
+    fig = plot_metric(ds, args.metric, rule=_results_rule(ds))  # the sweep's best rates, thick
     try:
         with _doing("write the figure"):
             save_figure(fig, out)

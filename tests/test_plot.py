@@ -147,3 +147,21 @@ def test_legend_outside_leaves_the_axes_free_and_save_figure_keeps_it_and_a_foot
     fig = Figure()
     with pytest.raises(ValueError, match="where='left'"):
         legend_outside(fig.subplots(), where="left")
+
+
+def test_specdyn_plot_marks_the_best_rates_by_the_rule_of_the_sweeps_figures():
+    import json
+
+    from specdyn.cli import _results_rule
+    from specdyn.experiments.phase_retrieval import ACCURACY_RULE
+
+    ds = runs(np.random.default_rng(4))
+    text = '[plot]\nfigures = ["imbalanced.depth_gap"]\n[smoke.plot]\nfigures = ["phase_retrieval.lr_regimes"]\n'
+    ds.attrs["provenance"] = json.dumps({"sweep_file_text": text, "smoke": True})
+    assert _results_rule(ds) is ACCURACY_RULE  # the smoke run's figure picks rates by it
+    ds.attrs["provenance"] = json.dumps({"sweep_file_text": text, "smoke": False})
+    default = _results_rule(ds)  # depth_gap picks no rate: the summary's default rule
+    assert default.description == BestRateRule.of_metric("loss").description
+    ds.attrs["provenance"] = "not json"
+    assert _results_rule(ds).description == default.description
+    assert _results_rule(ds.rename({"loss": "error"})) is None  # no figure rule and no loss
