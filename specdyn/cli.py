@@ -346,8 +346,8 @@ def _summary(ds, metric: str = "loss", rule=None, where: str = "the default rule
     n_seeds = ds.sizes["seed"]
     last = int(ds["step"].values[-1])
     lines = [
-        f"{metric} at the last recorded step ({last}), per optimizer at its best learning rate",
-        f"({where}, as on the figures): {rule.description};",
+        *textwrap.wrap(f"{metric} at the last recorded step ({last}), per optimizer at its best learning rate "
+                       f"by {where} (the figures mark the same rates): {rule.description};", _WIDTH),
         f"median and [min, max] over the {n_seeds} seed{'s' if n_seeds != 1 else ''}; "
         "diverged = runs of that optimizer (all rates) that diverged",
     ]

@@ -89,7 +89,7 @@ def test_smoke_sweep_writes_results_and_figures(tmp_path, capsys):
     # the summary says what it prints: each optimizer's best rate by the stated rule, seed median and range
     from specdyn.results import BestRateRule, best_learning_rate
 
-    assert BestRateRule.of_metric("loss").description in printed  # the rule, stated
+    assert BestRateRule.of_metric("loss").description in " ".join(printed.split())  # the rule, stated
     best = best_learning_rate(ds, "loss")
     rows = [line.split() for line in printed.splitlines() if line.split()[:2] in (["0", "gd"], ["0", "specgd"])]
     assert len(rows) == 2

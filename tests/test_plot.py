@@ -94,7 +94,8 @@ def test_the_summary_and_the_figure_name_the_same_best_rates_by_the_same_rule():
     expected = {opt: ds["learning_rate"].values[o, int(np.argmin(final[o]))] for o, opt in enumerate("ab")}
     assert expected == {"a": ds["learning_rate"].values[0, 2], "b": ds["learning_rate"].values[1, 3]}
     text = _summary(ds, rule=rule)
-    assert rule.description in text
+    assert rule.description in " ".join(text.split())
+    assert all(len(line) <= 100 for line in text.splitlines())
     table = text.split("paired comparison")[0].splitlines()
     rows = {line.split()[0]: float(line.split()[1]) for line in table if line.split()[:1] in (["a"], ["b"])}
     fig = plot_metric(ds, "loss", rule=rule)
