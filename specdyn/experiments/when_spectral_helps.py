@@ -275,8 +275,8 @@ def rules_figure(ds: xr.Dataset) -> plt.Figure:
         axes[0].semilogy(ds.step, sel["loss"], label=str(name))
         axes[1].plot(ds.step, sel["nuclear_rank"], label=f"nr(G), {name}")
     axes[1].plot(ds.step, ds["stable_rank_A"].isel(optimizer=0), "k--", label="st(A)")
-    axes[0].set(xlabel="step", ylabel="loss", title="loss")
-    axes[1].set(xlabel="step", ylabel="rank", title="nuclear rank of G vs stable rank of A",
+    axes[0].set(xlabel="step", ylabel="loss (log scale)", title="loss, each rule at its own step size")
+    axes[1].set(xlabel="step", ylabel="rank (log scale)", title="nuclear rank of G vs stable rank of A",
                 yscale="log")
     for ax in axes:
         legend_outside(ax, where="below", fontsize=8)
@@ -286,12 +286,14 @@ def rules_figure(ds: xr.Dataset) -> plt.Figure:
 
 def restarts_figure(ds: xr.Dataset) -> plt.Figure:
     """GD's loss, and SpecGD's loss restarted from GD's iterates (one curve per restart)."""
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
     ax.semilogy(ds.step, ds["gd_loss"], "k", label="GD")
     for i, r in enumerate(ds.restart.values):
         ax.semilogy(r + ds.offset, ds["specgd_loss"].isel(restart=i), color="C1",
                     label="SpecGD from GD iterate" if i == 0 else None)
-    ax.set(xlabel="step", ylabel="loss (log scale)")
+    ax.set(xlabel="step", ylabel="loss (log scale)",
+           title="SpecGD restarted from GD's iterate (each orange curve: one restart)")
+    ax.title.set_fontsize(9)
     legend_outside(ax, fontsize=8)
     fig.tight_layout()
     return fig
@@ -299,7 +301,7 @@ def restarts_figure(ds: xr.Dataset) -> plt.Figure:
 
 def growth_figure(ds: xr.Dataset) -> plt.Figure:
     """nr(G) at init and after one step, and st(A), against k (log-log, mean ± range)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
     k = ds.k.values
     for var, label in [("nr_init", "nr(G) at init"), ("nr_one_step", "nr(G) after one step"),
                        ("stable_rank_A", "st(A)")]:
@@ -309,6 +311,8 @@ def growth_figure(ds: xr.Dataset) -> plt.Figure:
     ax.set(xscale="log", yscale="log", xlabel="k (n = 2k, d = k/2)", ylabel="rank",
            title=f"mean of {ds.sizes['seed']} seeds, shaded: min–max; slope after one step: {growth_slope(ds):.2f}")
     ax.title.set_fontsize(9)
+    ax.set_xticks(k, [f"{v:g}" for v in k])  # the sizes, not 2×10²-style labels
+    ax.minorticks_off()
     legend_outside(ax, fontsize=8)
     fig.tight_layout()
     return fig
