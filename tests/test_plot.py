@@ -166,3 +166,17 @@ def test_specdyn_plot_marks_the_best_rates_by_the_rule_of_the_sweeps_figures():
     ds.attrs["provenance"] = "not json"
     assert _results_rule(ds).description == default.description
     assert _results_rule(ds.rename({"loss": "error"})) is None  # no figure rule and no loss
+
+
+def test_paired_comparison_at_the_rates_a_figure_rule_picks():
+    from specdyn.results import learning_rate_scores, paired_comparison
+
+    ds = runs(np.random.default_rng(5))
+    smallest = BestRateRule("the smallest rate", scores=lambda d: learning_rate_scores(d, "loss") * 0 + d["lr"])
+    out = paired_comparison(ds, "loss", "a", "b", rate_rule=smallest)
+    assert float(out["learning_rate_a"]) == float(out["learning_rate_b"]) == 1e-3  # not the loss rule's 2 and 3
+    xa, xb = ds["loss"].values[0, 0, :, -1], ds["loss"].values[1, 0, :, -1]
+    np.testing.assert_allclose(float(out["mean_difference"]), np.mean(xa - xb), rtol=1e-12)
+    assert out.attrs["rate_rule"] == "the smallest rate"
+    with pytest.raises(ValueError, match="rate_rule"):
+        paired_comparison(ds, "loss", "a", "b", rate_rule="smallest")
