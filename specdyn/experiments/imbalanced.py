@@ -128,7 +128,7 @@ def best_lr_accuracy(ds: xr.Dataset, rule: dict = RULE) -> plt.Figure:
                    title="highest balanced accuracy, every rate")
     legend_outside(axes[1, 1])
     n_seeds = ds.sizes.get("seed", 1)
-    fig.suptitle(rule_text(rule) + f"; {n_seeds} seeds; top: seed mean"
+    fig.suptitle(rule_text(rule) + f"; {n_seeds} seed{'s' if n_seeds != 1 else ''}; top: seed mean"
                  + (", shaded: min–max over seeds" if n_seeds > 1 else ""), fontsize=9)
     fig.tight_layout()
     return fig
