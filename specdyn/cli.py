@@ -286,14 +286,59 @@ def _fmt(value) -> str:
     return str(value.item() if hasattr(value, "item") else value)
 
 
-def _summary(ds, metric: str = "loss") -> str:
-    """Per optimizer (and grid point): its best learning rate by specdyn's rule, then the
-    median and range over seeds of ``metric`` at the last recorded step."""
+def _sweep_rule(figures: dict, metric: str = "loss"):
+    """The one learning-rate rule of a sweep: that of its first named figure that picks rates
+    (its ``learning_rate_rule``), else the lowest seed-mean final ``metric``; returns
+    ``(rule, where)`` with ``where`` naming its source."""
+    from specdyn.results import BestRateRule
+
+    for name, draw in figures.items():
+        rule = getattr(draw, "learning_rate_rule", None)
+        if isinstance(rule, BestRateRule):
+            return rule, f"the rule of figure {name}"
+    return BestRateRule.of_metric(metric, mode="min", rule="final"), "the default rule"
+
+
+def _results_rule(ds):
+    """The learning-rate rule that the sweep which wrote ``ds`` used for its summary and figures
+    (:func:`_sweep_rule` of the named figures of the sweep file kept in its provenance), so
+    ``specdyn plot`` marks the same best rates; None when neither a figure's rule nor a loss."""
+    import json
+    import tomllib
+
+    from specdyn.config import resolve_figure
+
+    try:
+        provenance = json.loads(ds.attrs.get("provenance", "{}"))
+        text = provenance.get("sweep_file_text")
+        spec = tomllib.loads(text) if text else {}
+    except (ValueError, TypeError, AttributeError):  # no or foreign provenance: no figure rule
+        provenance, spec = {}, {}
+    plot = spec.get("plot", {})
+    if provenance.get("smoke"):
+        plot = {**plot, **spec.get("smoke", {}).get("plot", {})}
+    drawers = {}
+    for name in plot.get("figures", []):
+        with contextlib.suppress(ValueError):  # a figure since renamed: its rule is unknown
+            drawers[name] = resolve_figure(name)
+    rule, where = _sweep_rule(drawers)
+    return None if where == "the default rule" and "loss" not in ds else rule
+
+
+def _summary(ds, metric: str = "loss", rule=None, where: str = "the default rule") -> str:
+    """Per optimizer (and grid point): its best learning rate by ``rule`` (a
+    :class:`specdyn.results.BestRateRule`; default: the lowest seed-mean final
+    ``metric``), the same rule the figures use, then the rule's score there and the median
+    and range over seeds of ``metric`` at the last recorded step."""
     import numpy as np
 
-    from specdyn.results import converged_runs, learning_rate_scores
+    from specdyn.results import BestRateRule, converged_runs
 
-    scores = learning_rate_scores(ds, metric, mode="min", rule="final")
+    plain = BestRateRule.of_metric(metric, mode="min", rule="final")
+    rule = rule or plain
+    default = rule.description == plain.description  # its score is the seed mean of the table's metric
+    scores = rule.scores(ds)
+    best_index = rule.best_index(ds)
     final = ds[metric].isel(step=-1)
     extra = [d for d in final.dims if d not in ds["diverged_at"].dims]
     if extra:
@@ -303,12 +348,13 @@ def _summary(ds, metric: str = "loss") -> str:
     n_seeds = ds.sizes["seed"]
     last = int(ds["step"].values[-1])
     lines = [
-        f"{metric} at the last recorded step ({last}), per optimizer at its best learning rate:",
-        f"best = the lowest seed-mean final {metric} among rates where no seed diverged;",
+        *textwrap.wrap(f"{metric} at the last recorded step ({last}), per optimizer at its best learning rate "
+                       f"by {where} (the figures mark the same rates): {rule.description};", _WIDTH),
         f"median and [min, max] over the {n_seeds} seed{'s' if n_seeds != 1 else ''}; "
         "diverged = runs of that optimizer (all rates) that diverged",
     ]
-    header = [*grid_dims, "optimizer", "best lr", f"median {metric}", "[min, max]", "diverged"]
+    header = [*grid_dims, "optimizer", "best lr", *([] if default else [rule.score_name]),
+              f"median {metric}", "[min, max]", "diverged"]
     rows = []
     points = [dict()] if not grid_dims else [
         dict(zip(grid_dims, idx, strict=True)) for idx in np.ndindex(*(ds.sizes[d] for d in grid_dims))
@@ -320,17 +366,19 @@ def _summary(ds, metric: str = "loss") -> str:
             div = ~ok.sel(optimizer=opt).isel(point)
             diverged = f"{int(div.sum())}/{int(div.size)}"
             if bool(score.isnull().all()):
-                rows.append([*labels, str(opt), "-", "every rate diverged in some seed", "", diverged])
+                what = "every rate diverged in some seed" if default else "no rate qualifies under the rule"
+                rows.append([*labels, str(opt), "-", *([] if default else ["-"]), what, "", diverged])
                 continue
-            best = int(score.fillna(np.inf).argmin("lr"))
+            best = int(best_index.sel(optimizer=opt).isel(point))
             lr = float(ds["learning_rate"].sel(optimizer=opt).values[best])
+            own = [] if default else [_fmt(float(score.isel(lr=best)))]
             values = final.sel(optimizer=opt).isel(point).isel(lr=best).values
             values = values[np.isfinite(values)]
             if values.size == 0:
-                rows.append([*labels, str(opt), f"{lr:.4g}", "no finite value", "", diverged])
+                rows.append([*labels, str(opt), f"{lr:.4g}", *own, "no finite value", "", diverged])
                 continue
             rows.append([
-                *labels, str(opt), f"{lr:.4g}", f"{np.median(values):.4g}",
+                *labels, str(opt), f"{lr:.4g}", *own, f"{np.median(values):.4g}",
                 f"[{values.min():.4g}, {values.max():.4g}]", diverged,
             ])
     shown = rows[:_SUMMARY_ROWS]
@@ -339,24 +387,25 @@ def _summary(ds, metric: str = "loss") -> str:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     if len(rows) > len(shown):
         lines.append(f"... {len(rows) - len(shown)} more rows: read the results file for all of them")
-    lines += _paired_lines(ds, metric, scores, grid_dims, points)
+    lines += _paired_lines(ds, metric, scores, grid_dims, points, rule)
     return "\n".join(lines)
 
 
-def _paired_pairs(ds, scores) -> list[tuple[str, str]]:
+def _paired_pairs(ds, scores, mode: str = "min") -> list[tuple[str, str]]:
     """The pairs the summary compares: each optimizer against GD when GD is in the sweep,
-    else the best two (lowest best seed-mean score, averaged over grid points)."""
+    else the best two (best seed-mean score of the rule, averaged over grid points)."""
     import numpy as np
 
     names = [str(o) for o in ds["optimizer"].values]
     if "gd" in names:
         return [(o, "gd") for o in names if o != "gd"]
-    best = {o: float(np.nanmean(scores.sel(optimizer=o).min("lr").values)) for o in names}
+    sign = 1.0 if mode == "min" else -1.0
+    best = {o: float(np.nanmean((sign * scores.sel(optimizer=o)).min("lr").values)) for o in names}
     ranked = sorted(names, key=lambda o: (not np.isfinite(best[o]), best[o]))
     return [(ranked[0], ranked[1])]
 
 
-def _paired_lines(ds, metric, scores, grid_dims, points) -> list[str]:
+def _paired_lines(ds, metric, scores, grid_dims, points, rule) -> list[str]:
     """The paired comparison (specdyn.results.paired_comparison) of the summary's pairs,
     when the sweep has at least two optimizers and two seeds."""
     import numpy as np
@@ -365,7 +414,7 @@ def _paired_lines(ds, metric, scores, grid_dims, points) -> list[str]:
 
     if ds.sizes["optimizer"] < 2 or ds.sizes["seed"] < 2:
         return []
-    pairs = _paired_pairs(ds, scores)
+    pairs = _paired_pairs(ds, scores, rule.mode)
     which = "each optimizer against gd" if pairs[0][1] == "gd" else "the best two optimizers"
     lines = [
         f"paired comparison of {which}, each at its best rate (the rule above), by seed:",
@@ -374,7 +423,7 @@ def _paired_lines(ds, metric, scores, grid_dims, points) -> list[str]:
     ]
     rows = []
     for a, b in pairs:
-        cmp = paired_comparison(ds, metric, a, b, mode="min", rule="final", test="t")
+        cmp = paired_comparison(ds, metric, a, b, mode="min", rule="final", test="t", rate_rule=rule)
         for point in points:
             labels = [f"{d}={_fmt(ds[d].values[i]) if d in ds.coords else i}" for d, i in point.items()]
             at = cmp.isel(point)
@@ -489,10 +538,10 @@ def _cmd_sweep(args) -> None:
         ds.attrs["smoke"] = int(args.smoke)
         with _doing("write the results"):
             results = save(ds, out / "results.nc")
-            figures = standard_figures(
-                ds, out, metrics=spec.metrics, figures={name: resolve_figure(name) for name in spec.figures}
-            )
-    print(_summary(ds))
+            drawers = {name: resolve_figure(name) for name in spec.figures}
+            rule, where = _sweep_rule(drawers)
+            figures = standard_figures(ds, out, metrics=spec.metrics, figures=drawers, rule=rule)
+    print(_summary(ds, rule=rule, where=where))
     line = _store_line(ds, out / "cells")
     if line:
         print(line)
@@ -530,7 +579,7 @@ def plottable_metrics(ds) -> list[str]:
 def _cmd_plot(args) -> None:
     import matplotlib.pyplot as plt
 
-    from specdyn.plot import plot_metric
+    from specdyn.plot import plot_metric, save_figure
 
     ds = _read_results(args.results)
     metrics = plottable_metrics(ds)
@@ -541,10 +590,10 @@ def _cmd_plot(args) -> None:
         )
         raise ValueError(f"{what} to plot in {args.results} (plottable: {', '.join(metrics)})")
     out = _output_file(args.out or Path(args.results).with_name(f"{args.metric}.png"))
-    fig = plot_metric(ds, args.metric)
+    fig = plot_metric(ds, args.metric, rule=_results_rule(ds))  # the sweep's best rates, thick
     try:
         with _doing("write the figure"):
-            fig.savefig(out, dpi=110)
+            save_figure(fig, out)
     finally:
         plt.close(fig)
     print(f"figure: {out}")
@@ -556,6 +605,7 @@ def _cmd_demo(args) -> None:
     out = _output_folder(args.out, create=True)
     start = time.perf_counter()
     result = demo(out)
+    print(result["rule"] + " (the same rule picks the rates on the figures)")
     for method, stats in result["summary"].items():
         parts = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in stats.items())
         print(f"{method}: {parts}")

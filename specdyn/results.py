@@ -6,7 +6,9 @@ reads it; :func:`save` and :func:`load` are re-exported here for convenience.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
 
 import numpy as np
 import xarray as xr
@@ -15,6 +17,7 @@ from specdyn.storage import CellStore, coordinate_values, load, save
 
 __all__ = [
     "CellStore",
+    "BestRateRule",
     "best_learning_rate",
     "coordinate_values",
     "learning_rate_scores",
@@ -145,6 +148,84 @@ def select(ds: xr.Dataset, optimizer: str | None = None, learning_rate=None, *, 
             + ("" if optimizer else "; pass optimizer= to pick one optimizer's grid")
         )
     return ds.isel(lr=int(np.flatnonzero(hit)[0]))
+
+
+@dataclasses.dataclass(frozen=True)
+class BestRateRule:
+    """One rule for "the best learning rate", shared by a figure and the printed summary.
+
+    ``scores(ds)`` gives every rate's score, a DataArray over the dims of
+    ``diverged_at`` less ``seed`` (NaN: the rate is out, e.g. a seed diverged);
+    ``mode`` says whether the lowest ("min") or highest ("max") score is best;
+    ``tiebreak(ds)`` (optional, same dims, same ``mode``) decides between rates of
+    equal score; ``description`` states the rule in words (printed on figures and in
+    the summary); ``score_name`` names the score. A figure function that picks rates
+    carries its rule as the attribute ``learning_rate_rule`` (see :func:`picks_rates_by`),
+    which ``specdyn sweep`` then uses for its summary too.
+    """
+
+    description: str
+    scores: Callable[[xr.Dataset], xr.DataArray]
+    mode: str = "min"
+    score_name: str = "score"
+    tiebreak: Callable[[xr.Dataset], xr.DataArray] | None = None
+
+    def __post_init__(self):
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got mode={self.mode!r}")
+        if not callable(self.scores):
+            raise ValueError(f"scores must be a function of the Dataset, got scores={self.scores!r}")
+
+    @classmethod
+    def of_metric(cls, metric: str, *, mode: str = "min", rule: str = "final") -> BestRateRule:
+        """The rule of :func:`best_learning_rate`: the seed-mean ``metric`` at the last
+        recorded step (``rule="final"``) or at its best one (``"peak"``)."""
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode=!r}")
+        if rule not in ("final", "peak"):
+            raise ValueError(f"rule must be 'final' or 'peak', got {rule=!r}")
+        best = "lowest" if mode == "min" else "highest"
+        when = "at the last recorded step" if rule == "final" else "reached during training (peak)"
+        return cls(
+            description=f"best lr = the {best} seed-mean {metric} {when} among rates where no seed diverged",
+            scores=lambda ds: learning_rate_scores(ds, metric, mode=mode, rule=rule),
+            mode=mode,
+            score_name=f"{rule} {metric}",
+        )
+
+    def best_index(self, ds: xr.Dataset) -> xr.DataArray:
+        """Index along ``lr`` of the best rate per optimizer and grid point (lexicographic:
+        score, then tiebreak; a NaN score is never chosen unless every rate is NaN: index 0)."""
+        score = self.scores(ds).drop_vars("step", errors="ignore")
+        if self.tiebreak is None:
+            return best_lr_index(score, mode=self.mode)
+        sign = 1.0 if self.mode == "min" else -1.0
+        key = (sign * score).fillna(np.inf)
+        tied = key == key.min("lr")
+        second = (sign * self.tiebreak(ds).drop_vars("step", errors="ignore")).fillna(np.inf)
+        best = second.where(tied, np.inf).argmin("lr")
+        return best.where(np.isfinite(key.min("lr")), 0).astype(int)
+
+    def best(self, ds: xr.Dataset) -> xr.Dataset:
+        """``ds`` at each optimizer's best rate (the ``lr`` dimension selected away), as
+        :func:`best_learning_rate`."""
+        return ds.isel(lr=self.best_index(ds))
+
+
+def picks_rates_by(rule: BestRateRule):
+    """Mark a figure function as picking each optimizer's rate by ``rule`` (sets its
+    ``learning_rate_rule`` attribute, read by ``specdyn sweep``'s summary)."""
+    if not isinstance(rule, BestRateRule):
+        raise ValueError(f"rule must be a BestRateRule, got {rule!r}")
+
+    def mark(func):
+        func.learning_rate_rule = rule
+        return func
+
+    return mark
+
+
+__all__ += ["picks_rates_by"]
 
 
 # ------------------------------------------------------------ seed statistics
@@ -278,11 +359,13 @@ def paired_comparison(
     rule: str = "final",
     test: str = "t",
     confidence: float = 0.95,
+    rate_rule: BestRateRule | None = None,
 ) -> xr.Dataset:
     """Compare optimizers ``a`` and ``b`` at their best rates, paired by seed.
 
     Each optimizer's rate is picked by :func:`best_learning_rate` (``mode``,
-    ``rule``); each seed's score is ``metric`` at the last recorded step
+    ``rule``), or by ``rate_rule`` when given (a figure's :class:`BestRateRule`,
+    so that the comparison is at the rates the figure shows); each seed's score is ``metric`` at the last recorded step
     (``rule="final"``) or at the step where that rate's seed-mean is best
     (``"peak"``). Seeds where either run diverged are left out. The difference is
     a − b (negative: ``a`` has the lower value). ``test="t"``: the paired t-test
@@ -306,6 +389,10 @@ def paired_comparison(
     if a == b:
         raise ValueError(f"a and b must be two different optimizers, got a=b={a!r}")
     best = best_learning_rate(ds, metric, mode=mode, rule=rule)  # validates metric, mode, rule
+    if rate_rule is not None:
+        if not isinstance(rate_rule, BestRateRule):
+            raise ValueError(f"rate_rule must be a BestRateRule or None, got {rate_rule=!r}")
+        best = rate_rule.best(ds)
     scores = _per_seed_scores(best, metric, mode=mode, rule=rule)
     # drop only the optimizer label: with no grid dims, each chosen learning_rate is a scalar coordinate
     sa, sb = (scores.sel(optimizer=name).drop_vars("optimizer") for name in (a, b))
@@ -339,6 +426,7 @@ def paired_comparison(
         coords=coords,
         attrs={"metric": metric, "a": a, "b": b, "mode": mode, "rule": rule, "test": test,
                "confidence": confidence,
+               "rate_rule": (rate_rule or BestRateRule.of_metric(metric, mode=mode, rule=rule)).description,
                "description": f"{a} - {b} at their best rates, paired by seed: two-sided {label[test]}, "
                               f"{confidence:.0%} t-interval of the mean difference"},
     )

@@ -323,7 +323,10 @@ def test_plot_offers_only_plottable_metrics(tmp_path, capsys):
 def test_summary_names_its_rule_and_shows_seed_median_and_range(tmp_path):
     ds = fake_results(tmp_path / "r.nc", diverged=True)
     text = cli._summary(ds)
-    assert "best = the lowest seed-mean final loss among rates where no seed diverged" in text
+    from specdyn.results import BestRateRule
+
+    assert BestRateRule.of_metric("loss").description in " ".join(text.split())  # the rule, stated
+    assert "best lr = the lowest seed-mean loss at the last recorded step" in " ".join(text.split())
     assert "median and [min, max] over the 2 seeds" in text
     header, row = text.splitlines()[-2:]
     assert header.split() == ["optimizer", "best", "lr", "median", "loss", "[min,", "max]", "diverged"]

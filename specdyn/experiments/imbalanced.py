@@ -10,17 +10,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
+from specdyn.plot import legend_outside
 from specdyn.problems.digits import DigitsMLP, long_tailed_digits
 from specdyn.reduced import imbalanced as red
 from specdyn.results import (
+    BestRateRule,
     best_learning_rate,
     best_lr_index,
     first_step,
     learning_rate_scores,
+    picks_rates_by,
     problem_of,
 )
 
-__all__ = ["RULE", "alpha_closed_forms", "best_lr_accuracy", "best_rate_table", "depth_gap", "depth_gaps",
+__all__ = ["RATE_RULE", "RULE", "alpha_closed_forms", "best_lr_accuracy", "best_rate_table", "depth_gap", "depth_gaps",
            "digits_experiment", "digits_figure", "long_tailed_digits", "rule_text", "saturation_steps"]
 
 
@@ -40,13 +43,14 @@ def alpha_closed_forms(ds: xr.Dataset) -> plt.Figure:
             ax.plot(t[:, 0], alpha[:, c], label=f"class {c} (p={p[c]:.2f})")
         closed = {"gd": red.gd_alpha, "specgd": red.specgd_alpha}.get(str(name))
         if closed is not None:
-            ax.plot(t[:, 0], np.asarray(closed(t, lr, p, mu, sigma)), "k--", lw=0.8)
+            curves = ax.plot(t[:, 0], np.asarray(closed(t, lr, p, mu, sigma)), "k--", lw=0.8)
+            curves[0].set_label("closed form")  # one entry for the classes' closed forms
         ax.axhline(0, color="grey", lw=0.3)
-        for s in np.asarray(red.components(p, mu, sigma)[2]):
-            ax.axhline(s, color="grey", ls=":", lw=0.6)
+        for c, s in enumerate(np.asarray(red.components(p, mu, sigma)[2])):
+            ax.axhline(s, color="grey", ls=":", lw=0.6, label=r"$\alpha^*_c$" if c == 0 else None)
         ax.set(title=f"{name} (lr={lr:g})" + (" — dashed: closed form" if closed else ""), xlabel="step")
     axes[0, 0].set_ylabel(r"$\alpha_c$")
-    axes[0, 0].legend(fontsize=7)
+    legend_outside(axes[0, -1])
     fig.tight_layout()
     return fig
 
@@ -56,6 +60,7 @@ def alpha_closed_forms(ds: xr.Dataset) -> plt.Figure:
 # early stopping with an oracle). Accuracies are scale-invariant (argmax of W x), so a rule
 # on them ties every rate small enough to stay on the first steps' direction; the loss is not.
 RULE = {"metric": "balanced_loss", "mode": "min", "rule": "peak"}
+RATE_RULE = BestRateRule.of_metric(RULE["metric"], mode=RULE["mode"], rule=RULE["rule"])
 
 
 def rule_text(rule: dict = RULE) -> str:
@@ -85,6 +90,7 @@ def best_rate_table(ds: xr.Dataset, rule: dict = RULE) -> dict:
     return out
 
 
+@picks_rates_by(RATE_RULE)
 def best_lr_accuracy(ds: xr.Dataset, rule: dict = RULE) -> plt.Figure:
     """Paper 2's comparison of optimizers on the long-tailed mixture.
 
@@ -115,13 +121,15 @@ def best_lr_accuracy(ds: xr.Dataset, rule: dict = RULE) -> plt.Figure:
         axes[1, 1].plot(lrs, peak_acc.sel(optimizer=name), "o-", color=color, ms=3, label=str(name))
     for ax, metric in zip(axes[0], ["balanced accuracy", "worst-class accuracy"], strict=True):
         ax.set(xscale="symlog", xlabel="step", ylabel=f"test {metric}", title=f"{metric} at each best lr")
-    axes[0, 0].legend(fontsize=7)
+    legend_outside(axes[0, 1], title="optimizer (best lr)", title_fontsize=7)
     axes[1, 0].set(xscale="log", xlabel="learning rate", ylabel=f"score: {rule['rule']} {rule['metric']}",
                    title="rule's score (ringed: chosen)")
     axes[1, 1].set(xscale="log", xlabel="learning rate", ylabel="peak balanced accuracy",
                    title="highest balanced accuracy, every rate")
-    axes[1, 1].legend(fontsize=7)
-    fig.suptitle(rule_text(rule) + f"; {ds.sizes.get('seed', 1)} seeds", fontsize=9)
+    legend_outside(axes[1, 1])
+    n_seeds = ds.sizes.get("seed", 1)
+    fig.suptitle(rule_text(rule) + f"; {n_seeds} seed{'s' if n_seeds != 1 else ''}; top: seed mean"
+                 + (", shaded: min–max over seeds" if n_seeds > 1 else ""), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -189,7 +197,9 @@ def depth_gap(ds: xr.Dataset) -> plt.Figure:
            title="saturation gap (90% of α*), every lr of the grid", xticks=list(depths),
            xticklabels=[str(int(d)) for d in depths], ylim=(bottom / 4, 2 * top))
     ax.minorticks_off()
-    ax.legend(fontsize=7, loc="upper left")
+    ax.plot([], [], "o", color="grey", ms=3, label="each rate of the grid")
+    ax.plot([], [], "^", color="grey", ms=8, label=f"not escaped within T={horizon}")
+    legend_outside(ax, title="line: median over rates", title_fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -264,7 +274,10 @@ def digits_figure(result) -> plt.Figure:
     for ax, metric in zip(axes[:2], ["balanced accuracy", "worst-class accuracy"], strict=True):
         ax.set(xlabel="step", ylabel=f"test {metric}", title=f"digits, ρ = {rho:g}: {metric}")
     axes[2].set(xscale="log", xlabel="learning rate", ylabel="peak balanced accuracy", title="every rate of the grid")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(rule_text(), fontsize=9)
+    legend_outside(axes[0], where="below", title="optimizer (best lr)", title_fontsize=7)
+    legend_outside(axes[2], where="below")
+    n_seeds = result[names[0]]["balanced_accuracy"].shape[0]
+    fig.suptitle(rule_text() + f"; {n_seeds} seeds: line = seed mean"
+                 + (", shaded = min–max over seeds" if n_seeds > 1 else ""), fontsize=9)
     fig.tight_layout()
     return fig

@@ -41,14 +41,15 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
+from specdyn.plot import curve_style, legend_outside
 from specdyn.problems.matrix_sensing import MatrixSensing
 from specdyn.results import (
-    best_learning_rate,
+    BestRateRule,
     best_lr_index,
     first_step,
     index_zero_except,
-    learning_rate_scores,
     log_log_slope,
+    picks_rates_by,
     problem_of,
 )
 from specdyn.simulate import sample_run
@@ -171,18 +172,21 @@ def phases(ds: xr.Dataset) -> Figure:
             pm = power_method(prob, data, params["U"], lr, pm_steps)
         axes[1].plot(pm_steps, pm["angle"], "k--", lw=1, label="power method (seed 0)")
     for ax in axes:
-        for e, name in zip(ends.values, _PHASES, strict=True):
-            if np.isfinite(e):
+        for k, (e, name) in enumerate(zip(ends.values, _PHASES, strict=True)):
+            if np.isfinite(e):  # labels at staggered heights: phase ends can be a few steps apart
                 ax.axvline(e, color="grey", ls=":", lw=1)
-                ax.text(e, 0.98, f" end {name}", transform=ax.get_xaxis_transform(),
-                        va="top", fontsize=7, color="grey")
-        ax.set_xlabel("step")
+                ax.text(e, 0.98 - 0.07 * k, f" end {name}", transform=ax.get_xaxis_transform(),
+                        va="top", fontsize=7, color="dimgrey")
+        ax.set_xlabel("step (symlog scale)")
         ax.set_xscale("symlog", linthresh=10)
         ax.set_xlim(left=0)
-        ax.legend(fontsize=7)
+        legend_outside(ax, where="below")
+    axes[0].set_ylabel("test error and subspace norms (log scale)")
     axes[1].set_ylabel("largest principal angle (rad)")
-    fig.suptitle(f"matrix sensing, {opt}: phase ends (seed 0) at steps "
-                 + ", ".join(f"{n}={e:g}" for n, e in zip(_PHASES, ends.values, strict=True)))
+    lr = float(ds["learning_rate"].sel(optimizer=opt).isel(lr=0))
+    fig.suptitle(f"matrix sensing, {opt} lr={lr:g}, {sel.sizes['seed']} seeds (seed 0 solid, others faint): "
+                 "phase ends (seed 0) at steps "
+                 + ", ".join(f"{n}={e:g}" for n, e in zip(_PHASES, ends.values, strict=True)), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -221,14 +225,20 @@ def _curves_and_finals(ds, dim, label, xlog):
         e = err.isel({dim: i})
         m = e.mean("seed").values
         reached, ratio = plateau(m, steps)
-        axes[0].loglog(steps[1:], m[1:], color=f"C{i % 10}",
-                       label=f"{label}={x:g}: err(T/2)/err(T)={ratio:.2f}")
+        style = curve_style(0, i, len(xs)) if len(xs) > 10 else {"color": f"C{i}"}
+        axes[0].loglog(steps[1:], m[1:], **style, label=f"{label}={x:g}: err(T/2)/err(T)={ratio:.2f}")
+        if e.sizes["seed"] > 1:  # every seed's error is positive: the range is visible on the log axis
+            axes[0].fill_between(steps[1:], e.min("seed").values[1:], e.max("seed").values[1:],
+                                 color=style["color"], alpha=0.15, lw=0)
         finals.append(m[-1])
         reached_all.append(bool(reached))
     finals, reached_all = np.array(finals), np.array(reached_all)
-    axes[0].set(xlabel="step", ylabel="relative test error (seed mean)",
-                title=f"curves to the horizon T={steps[-1]}")
-    axes[0].legend(fontsize=7)
+    n_seeds = err.sizes["seed"]
+    band = ", shaded: min–max over seeds" if n_seeds > 1 else ""
+    axes[0].set(xlabel="step", ylabel="relative test error",
+                title=f"curves to the horizon T={steps[-1]}: mean of {n_seeds} seeds{band}")
+    axes[0].title.set_fontsize(9)
+    legend_outside(axes[0], where="below")
     plot = axes[1].loglog if xlog else axes[1].semilogy
     plot(xs, finals, "-", color="C0")
     axes[1].plot(xs[reached_all], finals[reached_all], "o", color="C0", label="plateau reached")
@@ -237,7 +247,7 @@ def _curves_and_finals(ds, dim, label, xlog):
     for i, x in enumerate(xs):
         for s_ in range(err.sizes["seed"]):
             axes[1].plot([x], [float(err.isel({dim: i, "seed": s_, "step": -1}))], ".",
-                         color="grey", ms=3)
+                         color="grey", ms=3, label="each seed" if i == s_ == 0 else None)
     axes[1].set(xlabel=label, ylabel=f"test error at T={steps[-1]}")
     return fig, axes, xs, finals, reached_all
 
@@ -249,8 +259,8 @@ def error_vs_init_scale(ds: xr.Dataset) -> Figure:
     fig, axes, xs, finals, reached = _curves_and_finals(ds, "init_scale", "α", True)
     s_all = log_log_slope(xs, finals)
     s_pl = log_log_slope(xs[reached], finals[reached])
-    axes[1].set_title(f"slope {s_all:.2f} (all α), {s_pl:.2f} (plateaued α only)", fontsize=9)
-    axes[1].legend(fontsize=7)
+    axes[1].set_title(f"seed mean at T; slope {s_all:.2f} (all α), {s_pl:.2f} (plateaued α only)", fontsize=9)
+    legend_outside(axes[1], where="below")
     prob = problem_of(ds)
     fig.suptitle(f"matrix sensing, GD: n={prob.dim}, r={prob.rank}, k={prob.width}, "
                  f"m={prob.measurements} (n(n+1)/2={prob.dim * (prob.dim + 1) // 2}); plateau rule: "
@@ -262,7 +272,8 @@ def error_vs_init_scale(ds: xr.Dataset) -> Figure:
 def error_vs_width(ds: xr.Dataset) -> Figure:
     """As :func:`error_vs_init_scale`, against the width k (first α, lr, optimizer)."""
     fig, axes, xs, finals, reached = _curves_and_finals(ds, "width", "k", False)
-    axes[1].legend(fontsize=7)
+    axes[1].set_title("seed mean at T", fontsize=9)
+    legend_outside(axes[1], where="below")
     prob = problem_of(ds)
     fig.suptitle(f"matrix sensing, GD: n={prob.dim}, r={prob.rank}, m={prob.measurements}, "
                  f"α={prob.init_scale:g}; plateau rule: err(T/2)/err(T) ≤ 1.1", fontsize=9)
@@ -287,31 +298,37 @@ def alignment_vs_width(ds: xr.Dataset, signal_fraction=0.1) -> Figure:
         axes[0].plot(steps, sel["angle"].isel(width=i).mean("seed"), color=f"C{i % 10}", label=f"k={k:g}")
     axes[0].set(xlabel="step", ylabel="largest principal angle (rad)", title="angle (seed mean)",
                 xlim=(0, min(float(steps[-1]), 3 * float(np.nanmax(ends.values)))))
-    axes[0].legend(fontsize=7)
-    for name, ax, lab in (("angle", axes[1], "angle at the end of the alignment phase (rad)"),
-                          ("length", axes[2], "steps")):
+    legend_outside(axes[0], where="below")
+    for name, ax, lab in (("angle", axes[1], "angle at the phase's end (rad)"),
+                          ("length", axes[2], "step")):
         v = ph[name]
-        ax.plot(ks, v.mean("seed"), "o-", color="C0", label=f"{name} at σ_min(signal) ≥ "
-                f"{signal_fraction:g}σ_min(X)")
+        ax.plot(ks, v.mean("seed"), "o-", color="C0", label=f"{name} of the alignment phase (seed mean)")
+        ax.set_title(f"alignment phase: its {name}", fontsize=9)
         for s_ in range(v.sizes["seed"]):
-            ax.plot(ks, v.isel(seed=s_), ".", color="grey", ms=3)
+            ax.plot(ks, v.isel(seed=s_), ".", color="grey", ms=3, label="each seed" if s_ == 0 else None)
         ax.set(xlabel="width k", ylabel=lab)
-    axes[2].plot(ks, ends.mean("seed"), "s--", color="C1", label="first step with angle ≤ 0.25")
+    axes[2].plot(ks, ends.mean("seed"), "s--", color="C1", label="first step with angle ≤ 0.25 (seed mean)")
     for ax in axes[1:]:
-        ax.legend(fontsize=7)
+        legend_outside(ax, where="below")
     prob = problem_of(ds)
     fig.suptitle(f"alignment phase vs width: n={prob.dim}, r={prob.rank}, m={prob.measurements}, "
-                 f"condition={cond:g}, α={prob.init_scale:g}", fontsize=9)
+                 f"condition={cond:g}, α={prob.init_scale:g}, {ds.sizes['seed']} seeds\n"
+                 f"alignment phase: from step 0 until σ_min(V_XᵀU) ≥ {signal_fraction:g}·σ_min(X)", fontsize=9)
     fig.tight_layout()
     return fig
 
 
+METHODS_RULE = BestRateRule.of_metric("test_error", mode="min", rule="final")
+
+
+@picks_rates_by(METHODS_RULE)
 def methods(ds: xr.Dataset) -> Figure:
     """Test error against step for each (optimizer, init_type) on the same instances (seed
-    mean), each at its best learning rate (smallest seed-mean final test error; a rate where a
-    seed diverged is never chosen); the legend says whether that rate is interior."""
-    best = best_learning_rate(ds, "test_error", mode="min", rule="final")
-    score = learning_rate_scores(ds, "test_error", mode="min", rule="final")
+    mean, shaded: min–max over seeds), each at its best learning rate (:data:`METHODS_RULE`:
+    smallest seed-mean final test error; a rate where a seed diverged is never chosen); the
+    legend says whether that rate is interior."""
+    best = METHODS_RULE.best(ds)
+    score = METHODS_RULE.scores(ds)
     n_lr = ds.sizes["lr"]
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.subplots()
@@ -323,14 +340,22 @@ def methods(ds: xr.Dataset) -> Figure:
             sc = _reduce_rest(sc, ("lr",))
             idx = int(best_lr_index(sc))
             edge = "" if 0 < idx < n_lr - 1 else ", grid edge!"
-            e = _reduce_rest(b["test_error"], ("step", "seed")).mean("seed")
+            runs = _reduce_rest(b["test_error"], ("step", "seed"))
+            e = runs.mean("seed")
             lr = float(np.asarray(b["learning_rate"]).ravel()[0])
-            ax.semilogy(ds["step"], e, color=f"C{i}", ls=["-", "--", ":"][j % 3],
+            style = curve_style(i, j, len(inits))
+            style.pop("marker")
+            ax.semilogy(ds["step"], e, **style,
                         label=f"{opt}, {it or 'random'} init, lr={lr:g}{edge} (final {float(e[-1]):.1e})")
-    ax.set(xlabel="step", ylabel="relative test error")
-    ax.legend(fontsize=7)
+            if runs.sizes["seed"] > 1:
+                ax.fill_between(ds["step"], runs.min("seed"), runs.max("seed"), color=style["color"],
+                                alpha=0.15, lw=0)
+    ax.set(xlabel="step", ylabel="relative test error (log scale)")
+    legend_outside(ax, title="optimizer, init, best lr", title_fontsize=7)
     prob = problem_of(ds)
+    n_seeds = ds.sizes["seed"]
     fig.suptitle(f"n={prob.dim}, r={prob.rank}, k={prob.width}, m={prob.measurements}, α={prob.init_scale:g}; "
-                 "rule: each at the rate (log grid) with the smallest final test error", fontsize=8)
+                 f"line: mean of {n_seeds} seeds" + (", shaded: min–max" if n_seeds > 1 else "")
+                 + "\n" + METHODS_RULE.description, fontsize=8)
     fig.tight_layout()
     return fig

@@ -38,6 +38,7 @@ from specdyn._compile import jit
 from specdyn.diagnostics import frobenius_norm, stable_rank
 from specdyn.layerwise import incoming_activations
 from specdyn.optimizers import muon
+from specdyn.plot import legend_outside, save_figure
 from specdyn.problem import require
 from specdyn.problems.activations import ACTIVATIONS
 from specdyn.problems.char_lm import (
@@ -207,7 +208,7 @@ def init_stable_rank_figure(ds: xr.Dataset) -> plt.Figure:
     for ax, title in zip(axes, ["MLP post-activation (dashed: E σ²/(E σ)²)",
                                 "transformer block, input of each matrix"]):
         ax.set(xscale="log", yscale="log", xlabel="width", ylabel="stable rank st(A)", title=title)
-        ax.legend(fontsize=7)
+        legend_outside(ax, where="below")
     fig.tight_layout()
     return fig
 
@@ -410,7 +411,7 @@ def sparse_regression_figure(ds: xr.Dataset) -> plt.Figure:
     axes[1].set(yscale="log", xlabel="step", ylabel="nr(G) / st(A)",
                 title="> 1: spectral step favoured")
     for ax in axes:
-        ax.legend(fontsize=6)
+        legend_outside(ax, where="below", fontsize=6)
     fig.tight_layout()
     return fig
 
@@ -639,7 +640,7 @@ def main(argv=None) -> int:
         size = "full" if args.full else "medium" if args.medium else "smoke"
         ds, fig = char_lm(size, text=args.text, **steps), char_lm_figure
     ds.to_netcdf(out / f"{args.experiment}.nc")
-    fig(ds).savefig(out / f"{args.experiment}.png", dpi=100)
+    save_figure(fig(ds), out / f"{args.experiment}.png", dpi=100)
     print(f"wrote {out / args.experiment}.nc and .png")
     return 0
 

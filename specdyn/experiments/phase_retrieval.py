@@ -29,21 +29,26 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
+from specdyn.plot import curve_style, legend_outside, save_figure
 from specdyn.results import (
+    BestRateRule,
     best_learning_rate,
     best_lr_index,
     first_crossing,
     learning_rate_scores,
     log_log_slope,
+    picks_rates_by,
 )
 from specdyn.results import index_zero_except as _rest_first
 
 __all__ = [
+    "ACCURACY_RULE",
     "ESCAPE_RULE",
     "DISTANCE_RULE",
     "accuracy_scores",
@@ -115,13 +120,30 @@ def accuracy_scores(ds, tol=0.1):
     return t.mean("seed", skipna=False).where(~diverged)
 
 
-def _pick(ds, score):
-    """ds with lr selected by the smallest score (ties: smaller final distance), plus
-    ``best_index`` and ``interior`` variables over the remaining dims."""
-    dist = ds["distance"].isel(step=-1).mean("seed")
-    # lexicographic (score, distance): score first, distance breaks ties
-    key = score.fillna(np.inf) + 1e-9 * dist.fillna(np.inf).clip(max=1e6) / 1e6
-    best = best_lr_index(key).drop_vars("step", errors="ignore")
+def _final_distance(ds):
+    return ds["distance"].isel(step=-1).mean("seed")
+
+
+def accuracy_rule(tol=0.1) -> BestRateRule:
+    """The accuracy rule (module docstring) as a :class:`specdyn.results.BestRateRule`:
+    the figures and ``specdyn sweep``'s summary pick rates by it."""
+    return BestRateRule(
+        description=(f"best lr = the smallest seed-mean step from which ‖M−θθᵀ‖_F stays ≤ {tol:g} "
+                     "(ties: smaller final distance; a rate where a seed diverged or never got there is out)"),
+        scores=lambda ds: accuracy_scores(ds, tol),
+        mode="min",
+        score_name="time to accuracy",
+        tiebreak=_final_distance,
+    )
+
+
+ACCURACY_RULE = accuracy_rule()
+
+
+def _pick(ds, score, rule):
+    """ds with lr selected by ``rule`` (ties: smaller final distance), plus ``best_index``,
+    ``interior`` and ``score`` variables over the remaining dims."""
+    best = rule.best_index(ds).drop_vars("step", errors="ignore")
     score = score.drop_vars("step", errors="ignore")
     out = ds.isel(lr=best)
     n = ds.sizes["lr"]
@@ -135,7 +157,7 @@ def best_rate_by_accuracy(ds, tol=0.1, threshold=0.5):
     """``ds`` at each optimizer's (and grid point's) best rate by the accuracy rule (module
     docstring); adds ``best_index``, ``interior`` (best not at a grid end, and it got there),
     ``score`` (its seed-mean time to accuracy) and ``escape`` (its seed-mean escape step)."""
-    out = _pick(ds, accuracy_scores(ds, tol))
+    out = _pick(ds, accuracy_scores(ds, tol), accuracy_rule(tol))
     out["escape"] = escape_scores(ds, threshold).isel(lr=out["best_index"])
     return out
 
@@ -161,6 +183,7 @@ def _label(opt, sel):
 
 
 # ---------------------------------------------------------------- figures
+@picks_rates_by(ACCURACY_RULE)
 def lr_regimes(ds, threshold=0.5, tol=0.1):
     """Over the whole rate grid, per optimizer (mean over seeds, other grid dims at index 0):
     time to accuracy (solid; the best rate circled) and escape step (dashed), the minimum
@@ -201,7 +224,7 @@ def lr_regimes(ds, threshold=0.5, tol=0.1):
                 title="min alignment over the run, every rate")
     axes[2].set(xlabel="learning rate", ylabel="peak b/a = ‖Wv‖/‖Wθ‖", title="spike amplification")
     for ax in axes:
-        ax.legend(fontsize=7)
+        legend_outside(ax, where="below")
     fig.suptitle(_title(ds) + "\n" + ESCAPE_RULE.format(thr=threshold, tol=tol) + "; x = diverged",
                  fontsize=9)
     fig.tight_layout()
@@ -213,9 +236,11 @@ def _title(ds):
     keys = [k for k in ("dim", "covariance", "spike", "exponent", "init_scale", "samples")
             if k in cfg and k not in ds.dims and not (k == "exponent" and cfg.get("covariance") == "spiked")
             and not (k == "spike" and cfg.get("covariance") == "power_law")]
-    return "phase retrieval: " + ", ".join(f"{k}={cfg[k]}" for k in keys)
+    parts = [f"{k}={cfg[k]}" if not (k == "samples" and cfg[k] in (None, "none")) else "population loss" for k in keys]
+    return "phase retrieval: " + ", ".join(parts)
 
 
+@picks_rates_by(ACCURACY_RULE)
 def spike_strengths(ds, threshold=0.5, tol=0.1):
     """Alignment against step at each spike strength λ, each optimizer at its best rate per λ
     (accuracy rule), and the minimum alignment against λ over every rate of the grid."""
@@ -231,20 +256,23 @@ def spike_strengths(ds, threshold=0.5, tol=0.1):
             axes[j].plot(steps, b["alignment"].mean("seed"), color=f"C{i}",
                          label=f"λ={lam:g}: " + _label(opt, b).split(" ", 1)[1])
         axes[j].set(xscale="symlog", xlabel="step", ylabel="alignment", title=f"{opt} at best rate")
-        axes[j].legend(fontsize=7)
+        legend_outside(axes[j], where="below")
         min_al = ds["alignment"].sel(optimizer=opt).min("step").mean("seed")
         div = (ds["diverged_at"].sel(optimizer=opt) >= 0).any("seed")
         min_al = min_al.where(~div)
-        axes[-1].fill_between(spikes, min_al.min("lr"), min_al.max("lr"), color=f"C{j}", alpha=0.3,
+        axes[-1].fill_between(spikes, min_al.min("lr"), min_al.max("lr"), color=f"C{j}", alpha=0.3, lw=0,
                               label=f"{opt}: range over non-diverged rates")
+        axes[-1].plot(spikes, min_al.median("lr"), "o-", color=f"C{j}", ms=4, lw=1,
+                      label=f"{opt}: median over non-diverged rates")
     axes[-1].axhline(float(ds["alignment"].isel(step=0).mean()), color="k", ls=":", label="at step 0")
     axes[-1].set(xscale="log", yscale="log", xlabel="spike λ", ylabel="min alignment over run")
-    axes[-1].legend(fontsize=7)
+    legend_outside(axes[-1], where="below")
     fig.suptitle(_title(ds) + "\n" + ESCAPE_RULE.format(thr=threshold, tol=tol), fontsize=9)
     fig.tight_layout()
     return fig
 
 
+@picks_rates_by(ACCURACY_RULE)
 def escape_time_vs_dim(ds, threshold=0.5, tol=0.1):
     """Left: escape step (solid) and time to accuracy (dashed) against d, each optimizer's rate
     tuned per d (accuracy rule), log-log with fitted slopes. Middle: the escape step at each
@@ -252,6 +280,7 @@ def escape_time_vs_dim(ds, threshold=0.5, tol=0.1):
     Right: the best rate against d."""
     best = best_rate_by_accuracy(ds, tol, threshold)
     esc = escape_scores(ds, threshold)
+    diverged = (ds["diverged_at"] >= 0).any("seed")
     fig = Figure(figsize=(15, 4.2))
     axes = fig.subplots(1, 3)
     x = ds["dim"].values.astype(float)
@@ -267,22 +296,28 @@ def escape_time_vs_dim(ds, threshold=0.5, tol=0.1):
         axes[2].loglog(x, lrs, "o-", color=f"C{i}", label=f"{opt} (slope {log_log_slope(x, lrs):.2f})")
         e = _rest_first(esc.sel(optimizer=opt), ("dim", "lr"))
         rates = ds["learning_rate"].sel(optimizer=opt).values
-        for j, lr in enumerate(rates):
+        for j, lr in enumerate(rates):  # every rate drawn and named; a slope only from >= 3 sizes
             yj = e.isel(lr=j).values
-            if np.isfinite(yj).sum() >= 3:
-                axes[1].loglog(x, yj, "o-", color=f"C{i}", lw=0.8, ms=3,
-                               label=f"{opt} lr={lr:g} (slope {log_log_slope(x, yj):.2f})")
+            seen = int(np.isfinite(yj).sum())
+            n_div = int(_rest_first(diverged.sel(optimizer=opt), ("dim", "lr")).isel(lr=j).sum())
+            slope = (f"slope {log_log_slope(x, yj):.2f}" if seen >= 3
+                     else f"escapes at {seen} of {len(x)} d" + (f", diverges at {n_div}" if n_div else ""))
+            axes[1].loglog(x, yj, **curve_style(i, j, len(rates)), lw=1.0, ms=4,
+                           label=f"{opt} lr={lr:g} ({slope})")
     axes[0].set(xlabel="dimension d (= width m)", ylabel="step", title="rate tuned per d")
     axes[1].set(xlabel="dimension d", ylabel=f"escape step (stays > {threshold})",
-                title="fixed rates (all seen to escape at ≥ 3 d)")
-    axes[2].set(xlabel="dimension d", ylabel="best learning rate")
+                title="each fixed rate (light: small, dark: large)")
+    axes[2].set(xlabel="dimension d", ylabel="best learning rate", title="best rate per d")
     for ax in axes:
-        ax.legend(fontsize=7)
+        ax.set_xticks(x, [f"{v:g}" for v in x])  # the sizes themselves, not 3×10¹-style labels
+        ax.minorticks_off()
+        legend_outside(ax, where="below")
     fig.suptitle(_title(ds) + "\n" + ESCAPE_RULE.format(thr=threshold, tol=tol), fontsize=9)
     fig.tight_layout()
     return fig
 
 
+@picks_rates_by(ACCURACY_RULE)
 def power_law(ds, threshold=0.5, tol=0.1):
     """Normalised power-law Σ: alignment against step at each exponent (best rate per exponent,
     accuracy rule) and the escape step / min alignment against the exponent."""
@@ -298,23 +333,25 @@ def power_law(ds, threshold=0.5, tol=0.1):
             axes[j].plot(steps, b["alignment"].mean("seed"), color=f"C{i}",
                          label=f"exponent {e:g}: " + _label(opt, b).split(" ", 1)[1])
         axes[j].set(xscale="symlog", xlabel="step", ylabel="alignment", title=f"{opt} at best rate")
-        axes[j].legend(fontsize=7)
+        legend_outside(axes[j], where="below")
         b = _rest_first(best.sel(optimizer=opt), ("exponent",))
         axes[-1].plot(ex, b["escape"], "o-", color=f"C{j}", label=f"{opt}: escape step (best rate)")
         axes[-1].plot(ex, b["score"], "s--", color=f"C{j}", ms=4, label=f"{opt}: time to accuracy")
-    axes[-1].set(xlabel="power-law exponent", ylabel="escape step", yscale="log")
-    axes[-1].legend(fontsize=7)
+    axes[-1].set(xlabel="power-law exponent", ylabel="step (log scale)", yscale="log",
+                 title="escape and time to accuracy at the best rates")
+    legend_outside(axes[-1], where="below")
     fig.suptitle(_title(ds) + "\n" + ESCAPE_RULE.format(thr=threshold, tol=tol), fontsize=9)
     fig.tight_layout()
     return fig
 
 
+@picks_rates_by(BestRateRule.of_metric("distance", mode="min", rule="peak"))
 def label_noise(ds, rule="peak"):
     """Finite samples with label noise: the distance ‖M − θθᵀ‖_F (smallest over the run for
     ``rule="peak"``, final for "final") against the sample count, one line per (optimizer,
     noise level), each at its best rate (distance rule)."""
     best = best_rate_by_distance(ds, rule)
-    fig = Figure(figsize=(6.5, 4))
+    fig = Figure(figsize=(9, 4))
     ax = fig.subplots()
     n = ds["samples"].values.astype(float) if "samples" in ds.dims else None
     noise = ds["label_noise"].values if "label_noise" in ds.dims else [0.0]
@@ -328,7 +365,7 @@ def label_noise(ds, rule="peak"):
             ax.loglog(n, np.asarray(b["score"]), marker="o", color=f"C{i}", ls=["-", "--", ":"][j % 3],
                       label=f"{opt}, σ={s:g}, lr per n: {lrs}{edge}")
     ax.set(xlabel="samples n", ylabel=f"‖M − θθᵀ‖_F ({'min over the run' if rule == 'peak' else 'final'})")
-    ax.legend(fontsize=7)
+    legend_outside(ax)
     when = "min over the run: oracle early stopping" if rule == "peak" else "final"
     fig.suptitle(_title(ds) + "\n" + DISTANCE_RULE.format(when=when), fontsize=9)
     fig.tight_layout()
@@ -372,8 +409,9 @@ def sliding_figure(dim=16, spike=10.0, init_scale=0.01, lr=0.01, steps=1500, rec
             ax.text(t_chat, 0.98, " map starts chattering", transform=ax.get_xaxis_transform(),
                     va="top", fontsize=7, color="grey")
         ax.set_xlabel("t = lr · step")
-        ax.legend(fontsize=7)
-    axes[0].set(ylabel="coefficient")
+        legend_outside(ax, where="below")
+    axes[0].set(ylabel="coefficient (a=‖Wθ‖, b=‖Wv‖, c)")
+    axes[1].set(ylabel="|coefficient − flow| + 1e-9")
     axes[1].set_ylim(bottom=1e-8)
     fig.suptitle(f"SpecGD on phase retrieval past chattering: d=m={dim}, λ={spike:g}, α={init_scale:g}, "
                  f"lr={lr:g} (float64)", fontsize=9)
@@ -392,6 +430,15 @@ def sliding_figure(dim=16, spike=10.0, init_scale=0.01, lr=0.01, steps=1500, rec
 
 
 # ---------------------------------------------------------------- the demo
+def _grids(ds):
+    """Each optimizer's rate grid, e.g. ``gd 0.3–30 (5 rates)``."""
+    parts = []
+    for opt in ds["optimizer"].values:
+        lr = ds["learning_rate"].sel(optimizer=opt).values
+        parts.append(f"{opt} {lr.min():g}–{lr.max():g} ({lr.size} rates)")
+    return ", ".join(parts)
+
+
 DEMO_RATES = {"gd": [0.3, 1.0, 3.0, 10.0, 30.0], "specgd": [0.01, 0.03, 0.1, 0.3, 1.0]}
 
 
@@ -424,12 +471,13 @@ def demo(out_dir, dim=32, spike=30.0, steps=400, init_scale=0.01, threshold=0.5,
     for o in runs:
         ax.plot(steps_arr, res[o]["alignment"], label=f"{o} ({_label(o, res[o]).split(' ', 1)[1]})")
     ax.set(xscale="symlog", xlabel="step", ylabel=r"alignment $\theta^T M\theta/\|M\|_F$",
-           title=f"phase retrieval, spiked λ={spike:g}, d={dim}")
-    ax.legend(fontsize=8)
-    fig.text(0.01, 0.01, ESCAPE_RULE.format(thr=threshold, tol=tol), fontsize=6)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+           title=f"phase retrieval, spiked λ={spike:g}, d={dim}, one seed")
+    legend_outside(ax, fontsize=8, title="optimizer (best lr)", title_fontsize=8)
+    footnote = textwrap.fill(ESCAPE_RULE.format(thr=threshold, tol=tol) + f"; rate grids: {_grids(ds)}", 100)
+    fig.text(0.01, 0.01, footnote, fontsize=7, va="bottom", ha="left")
+    fig.tight_layout(rect=(0, 0.035 * (footnote.count("\n") + 1) + 0.02, 1, 1))  # room for the footnote
     path = os.path.join(out_dir, "phase_retrieval_alignment.png")
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     figs.append(path)
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2, sharey=True)
@@ -438,12 +486,14 @@ def demo(out_dir, dim=32, spike=30.0, steps=400, init_scale=0.01, threshold=0.5,
             ax.plot(steps_arr, res[o][k], color=col, label=f"{k} (full)")
             ax.plot(red[o]["step"], np.abs(np.asarray(red[o][k])), "--", color="k", lw=0.8,
                     label=("reduced map" if k == "a" else None))
-        ax.set(yscale="log", xlabel="step", title=f"{o}, lr={lrs[o]:.3g}")
-        ax.legend(fontsize=7)
+        ax.set(yscale="log", xlabel="step", title=f"{o} at its best lr={lrs[o]:.3g}")
+        legend_outside(ax, where="below")
     axes[0].set_ylabel("coefficient (a=‖Wθ‖, b=‖Wv‖, c)")
+    fig.suptitle(f"phase retrieval, spiked λ={spike:g}, d={dim}: full simulation vs reduced (a, b, c) map",
+                 fontsize=9)
     fig.tight_layout()
     path = os.path.join(out_dir, "phase_retrieval_abc.png")
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     figs.append(path)
     summary = {
         o: {

@@ -36,6 +36,7 @@ import xarray as xr
 from specdyn._compile import jit
 from specdyn.diagnostics import nuclear_rank, stable_rank
 from specdyn.optimizers import get_optimizer
+from specdyn.plot import legend_outside, save_figure
 from specdyn.problem import pad_instance, problem, require, static, true_size
 from specdyn.problems.random_features import (
     ACTIVATIONS,
@@ -274,40 +275,45 @@ def rules_figure(ds: xr.Dataset) -> plt.Figure:
         axes[0].semilogy(ds.step, sel["loss"], label=str(name))
         axes[1].plot(ds.step, sel["nuclear_rank"], label=f"nr(G), {name}")
     axes[1].plot(ds.step, ds["stable_rank_A"].isel(optimizer=0), "k--", label="st(A)")
-    axes[0].set(xlabel="step", ylabel="loss", title="loss")
-    axes[1].set(xlabel="step", ylabel="rank", title="nuclear rank of G vs stable rank of A",
+    axes[0].set(xlabel="step", ylabel="loss (log scale)", title="loss, each rule at its own step size")
+    axes[1].set(xlabel="step", ylabel="rank (log scale)", title="nuclear rank of G vs stable rank of A",
                 yscale="log")
     for ax in axes:
-        ax.legend(fontsize=8)
+        legend_outside(ax, where="below", fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def restarts_figure(ds: xr.Dataset) -> plt.Figure:
     """GD's loss, and SpecGD's loss restarted from GD's iterates (one curve per restart)."""
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
     ax.semilogy(ds.step, ds["gd_loss"], "k", label="GD")
     for i, r in enumerate(ds.restart.values):
         ax.semilogy(r + ds.offset, ds["specgd_loss"].isel(restart=i), color="C1",
                     label="SpecGD from GD iterate" if i == 0 else None)
-    ax.set(xlabel="step", ylabel="loss")
-    ax.legend()
+    ax.set(xlabel="step", ylabel="loss (log scale)",
+           title="SpecGD restarted from GD's iterate (each orange curve: one restart)")
+    ax.title.set_fontsize(9)
+    legend_outside(ax, fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def growth_figure(ds: xr.Dataset) -> plt.Figure:
     """nr(G) at init and after one step, and st(A), against k (log-log, mean ± range)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
     k = ds.k.values
     for var, label in [("nr_init", "nr(G) at init"), ("nr_one_step", "nr(G) after one step"),
                        ("stable_rank_A", "st(A)")]:
         v = ds[var]
-        ax.plot(k, v.mean("seed"), "o-", label=label)
-        ax.fill_between(k, v.min("seed"), v.max("seed"), alpha=0.2)
+        line, = ax.plot(k, v.mean("seed"), "o-", label=label)
+        ax.fill_between(k, v.min("seed"), v.max("seed"), alpha=0.2, color=line.get_color(), lw=0)
     ax.set(xscale="log", yscale="log", xlabel="k (n = 2k, d = k/2)", ylabel="rank",
-           title=f"slope after one step: {growth_slope(ds):.2f}")
-    ax.legend(fontsize=8)
+           title=f"mean of {ds.sizes['seed']} seeds, shaded: min–max; slope after one step: {growth_slope(ds):.2f}")
+    ax.title.set_fontsize(9)
+    ax.set_xticks(k, [f"{v:g}" for v in k])  # the sizes, not 2×10²-style labels
+    ax.minorticks_off()
+    legend_outside(ax, fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -338,7 +344,7 @@ def main(full: bool = False, seed: int = 0, out=None) -> dict:
                    "relu_restarts": restarts_figure(res["relu_restarts"]),
                    "growth": growth_figure(res["growth"])}
         for name, fig in figures.items():
-            fig.savefig(folder / f"{name}.png", dpi=100)
+            save_figure(fig, folder / f"{name}.png", dpi=100)
             plt.close(fig)
     return res
 
