@@ -20,7 +20,7 @@ import concurrent.futures
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
-__all__ = ["check", "local_cluster", "resolve", "run_tasks"]
+__all__ = ["check", "connected", "local_cluster", "resolve", "run_tasks"]
 
 _CONNECT_SECONDS = 10
 
@@ -70,19 +70,36 @@ def resolve(executor, client) -> Iterator[concurrent.futures.Executor]:
     if _is_client(client):
         yield client.get_executor()
         return
-    from distributed import Client
+    with connected(client) as dask_client:
+        yield dask_client.get_executor()
 
+
+@contextlib.contextmanager
+def connected(address: str, *, label: str | None = None):
+    """A ``distributed.Client`` connected to the Dask scheduler at ``address``, closed on
+    exit; ValueError naming it (``label``, default ``client=...``) when no scheduler
+    answers there within a few seconds."""
+    from distributed import Client
+    from distributed.comm import get_address_host_port, parse_address
+
+    label = label or f"client={address!r}"
     try:
-        connected = Client(client, timeout=_CONNECT_SECONDS, set_as_default=False)
+        scheme, _ = parse_address(address, strict=True)
+        if scheme in ("tcp", "tls") and not get_address_host_port(address)[0]:
+            raise ValueError("no host")
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{label} is not a Dask scheduler address such as tcp://host:8786 ({err})") from None
+    try:
+        client = Client(address, timeout=_CONNECT_SECONDS, set_as_default=False)
     except (OSError, TimeoutError, ValueError, TypeError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
         raise ValueError(
-            f"client={client!r}: no Dask scheduler answers there within {_CONNECT_SECONDS} s "
-            f"({type(err).__name__}: {err})"
+            f"{label}: no Dask scheduler answers there within {_CONNECT_SECONDS} s ({reason})"
         ) from None
     try:
-        yield connected.get_executor()
+        yield client
     finally:
-        connected.close()
+        client.close()
 
 
 def run_tasks(executor: concurrent.futures.Executor, tasks: Sequence[Callable[[], object]],
