@@ -29,6 +29,7 @@ PROBLEM = sd.problems.MatrixLeastSquares(rows=4, cols=3, samples=8)
 KWARGS = dict(optimizers=["gd", "specgd"], learning_rates=[0.05, 0.1], seeds=2,
               grid={"rows": [4, 5], "noise": [0.0, 0.1]}, steps=6, buckets=None, progress=False)
 CELLS = [f"cell-{i:04d}.npz" for i in range(4)]
+LONGER = dict(KWARGS, steps=1500)  # the same programs (steps are data), cells long enough to die amid
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_resume_after_the_client_process_died(client, serial, tmp_path):
         import sys
         import specdyn as sd
         sd.guard_cpu()
-        kwargs = {dict(KWARGS, seeds=8, steps=400)!r}
+        kwargs = {LONGER!r}
         sd.sweep(sd.problems.MatrixLeastSquares(rows=4, cols=3, samples=8), **kwargs,
                  store=sys.argv[1], client=sys.argv[2])
         """
@@ -121,12 +122,11 @@ def test_resume_after_the_client_process_died(client, serial, tmp_path):
         proc.stderr.close()
     stored = {f: (tmp_path / f).stat().st_mtime_ns for f in cell_files(tmp_path)}
     assert stored, "the client process wrote no cell before it was killed"
-    kwargs = dict(KWARGS, seeds=8, steps=400)
-    ds = sd.sweep(PROBLEM, **kwargs, store=tmp_path, client=client)
+    ds = sd.sweep(PROBLEM, **LONGER, store=tmp_path, client=client)
     assert ds.attrs["cells_from_store"] >= len(stored)
     assert {f: (tmp_path / f).stat().st_mtime_ns for f in stored} == stored  # finished cells kept as they were
     assert cell_files(tmp_path) == CELLS
-    assert_same(ds, sd.sweep(PROBLEM, **kwargs))
+    assert_same(ds, sd.sweep(PROBLEM, **LONGER))
 
 
 def test_cli_sweep_on_a_scheduler(client, tmp_path, capsys):
