@@ -8,22 +8,24 @@ per cell). Every process computes on one core: the serial one and each worker ar
 pinned to a core before JAX starts (XLA sizes its thread pool from the affinity, so
 it gets one thread), and OpenBLAS runs one thread (``specdyn.guard_cpu``).
 
-Timed, each from processes that have imported specdyn but compiled nothing:
+Timed, each from processes that have imported specdyn and started JAX but compiled nothing:
 
-  serial cold   sd.sweep in a fresh process (compile + compute); serial warm: again
-                in that process (programs in memory: compute only);
-  dask cold     sd.sweep(client=...) on a fresh LocalCluster of 2 workers (each
-                compiles the programs of the cells it gets, and writes them to a
-                persistent compile cache, ``JAX_COMPILATION_CACHE_DIR`` on a shared
-                folder); dask warm: again, after each worker ran the whole grid
-                in-process (untimed), so every program is in both workers' memory:
-                compute, scheduling and transfers only;
+  serial cold   sd.sweep in a fresh process (compile + compute), once before the
+                Dask runs and once after (the median of the two is used);
+  dask cold     sd.sweep(client=...) on a fresh LocalCluster of 2 workers: each
+                compiles the programs of the cells it gets and writes them to a
+                persistent compile cache (``JAX_COMPILATION_CACHE_DIR`` on a shared folder);
+  serial warm / dask warm
+                after each worker ran the whole grid in-process (untimed; every program
+                then in both workers' memory), alternately the grid in-process on worker
+                0 alone (compute only) and the Dask sweep (compute, scheduling, transfers,
+                assembly), ``--repeats`` times each, so that both see the same load;
   cache hit     a new cluster (new processes) on the same cache: programs loaded, not compiled.
 
 Efficiency = serial time / (2 × parallel time); cold against cold, warm against warm,
 cache hit against serial cold (a serial process could use the cache too: that row
-shows what the cache saves a fresh worker, not scale-out). Every parallel result is checked equal to the serial
-one, bit for bit. Run: ``python bench/scale_out.py [--steps N] [--cols P]``.
+shows what the cache saves a fresh worker, not scale-out). Every Dask result is
+checked equal to the serial one, bit for bit. Run: ``python bench/scale_out.py [--steps N] [--cols P] [--repeats R]``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 
 def grid(cols: int, steps: int) -> dict:
@@ -80,8 +84,8 @@ def start_worker(core: int) -> int:
     return os.getpid()
 
 
-def serial_part(cols: int, steps: int, out: str) -> None:
-    """The serial timings, in a fresh process pinned to one core."""
+def serial_cold(cols: int, steps: int, out: str) -> None:
+    """Serial cold, in a fresh process pinned to one core: print its seconds, save its Dataset."""
     pin(min(os.sched_getaffinity(0)))
     import specdyn as sd
 
@@ -89,75 +93,85 @@ def serial_part(cols: int, steps: int, out: str) -> None:
     import jax
 
     jax.devices()
-    p, kwargs = problem(cols), grid(cols, steps)
     start = time.perf_counter()
-    ds = sd.sweep(p, **kwargs)
-    cold = time.perf_counter() - start
-    start = time.perf_counter()
-    sd.sweep(p, **kwargs)
-    warm = time.perf_counter() - start
+    ds = sd.sweep(problem(cols), **grid(cols, steps))
+    print(json.dumps({"cold": time.perf_counter() - start}))
     sd.results.save(ds, out)
-    print(json.dumps({"cold": cold, "warm": warm}))
 
 
-def warm_up(cols: int, steps: int) -> None:
-    """In a worker: the whole grid in-process, so that every cell's programs are in its memory."""
+def timed_sweep(cols: int, steps: int) -> float:
+    """In a worker: the whole grid in-process (the serial sweep, on the worker's one core)."""
     import specdyn as sd
 
+    start = time.perf_counter()
     sd.sweep(problem(cols), **grid(cols, steps))
+    return time.perf_counter() - start
 
 
-def on_cluster(cols: int, steps: int, store: Path, env: dict, reference, *, warm: bool) -> list[float]:
-    """Sweep times on a fresh LocalCluster of 2 workers (core 0 and core 1): cold, then
-    (``warm``) again after each worker ran the whole grid in-process (every program in
-    its memory, wherever Dask sends a cell). Each result is checked equal to ``reference``."""
-    import numpy as np
+def on_cluster(cols: int, steps: int, store: Path, env: dict, reference, *, repeats: int) -> dict:
+    """Timings on a fresh LocalCluster of 2 workers (core 0 and core 1): ``cold``, the
+    sweep with nothing compiled; then (``repeats`` > 0) each worker runs the whole grid
+    in-process (every program in its memory, wherever Dask sends a cell) and, alternately,
+    ``serial`` (the grid in-process on worker 0 alone) and ``warm`` (the Dask sweep), so
+    that both see the same load. Each Dask result is checked equal to ``reference``."""
     from distributed import Client, LocalCluster
 
     import specdyn as sd
 
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # worker processes inherit the environment at start
+    out = {"serial": [], "warm": []}
     try:
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
             with Client(cluster) as client:
                 workers = sorted(client.scheduler_info()["workers"])
                 for core, worker in enumerate(workers):
                     client.run(start_worker, core % len(os.sched_getaffinity(0)), workers=[worker])
-                times = []
-                for k in range(2 if warm else 1):
-                    if k == 1:
-                        client.run(warm_up, cols, steps)
+
+                def dask_sweep(k):
                     start = time.perf_counter()
                     ds = sd.sweep(problem(cols), **grid(cols, steps), client=client, store=store / f"run{k}")
-                    times.append(time.perf_counter() - start)
+                    seconds = time.perf_counter() - start
                     for name in reference.data_vars:
                         np.testing.assert_array_equal(ds[name].values, reference[name].values)
+                    return seconds
+
+                out["cold"] = dask_sweep(0)
+                if repeats:
+                    client.run(timed_sweep, cols, steps)
+                for k in range(repeats):
+                    out["serial"].append(client.run(timed_sweep, cols, steps, workers=workers[:1])[workers[0]])
+                    out["warm"].append(dask_sweep(k + 1))
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return times
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cols", type=int, default=32)
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--serial-part", help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=2, help="alternate warm serial and Dask sweeps this often")
+    parser.add_argument("--serial-cold", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serial_part:
-        serial_part(args.cols, args.steps, args.serial_part)
+    if args.serial_cold:
+        serial_cold(args.cols, args.steps, args.serial_cold)
         return
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("needs 2 cores")
+
+    def fresh_serial(out) -> float:
+        proc = subprocess.run([sys.executable, __file__, "--cols", str(args.cols), "--steps", str(args.steps),
+                               "--serial-cold", str(out)], capture_output=True, text=True, check=True)
+        return json.loads(proc.stdout.strip().splitlines()[-1])["cold"]
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        proc = subprocess.run([sys.executable, __file__, "--cols", str(args.cols), "--steps", str(args.steps),
-                               "--serial-part", str(tmp / "serial.nc")], capture_output=True, text=True, check=True)
-        serial = json.loads(proc.stdout.strip().splitlines()[-1])
+        serial_cold_s = [fresh_serial(tmp / "serial.nc")]
         import jax
 
         import specdyn as sd
@@ -167,8 +181,9 @@ def main() -> None:
         cache = {"JAX_COMPILATION_CACHE_DIR": str(tmp / "jax-cache"),
                  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-        plain = on_cluster(args.cols, args.steps, tmp / "plain", cache, reference, warm=True)
-        hit = on_cluster(args.cols, args.steps, tmp / "hit", cache, reference, warm=False)
+        plain = on_cluster(args.cols, args.steps, tmp / "plain", cache, reference, repeats=args.repeats)
+        hit = on_cluster(args.cols, args.steps, tmp / "hit", cache, reference, repeats=0)
+        serial_cold_s.append(fresh_serial(tmp / "serial2.nc"))
         entries = len(list((tmp / "jax-cache").iterdir())) if (tmp / "jax-cache").exists() else 0
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
@@ -181,26 +196,30 @@ def main() -> None:
     print(f"grid: MatrixLeastSquares cols={cols}, samples={4 * cols}, rows {grid(cols, steps)['grid']['rows']} "
           f"x (gd, specgd) = 16 cells, 4 seeds x 4 rates x {steps} steps each; results equal to serial, bit for bit")
     print()
+    s_cold = float(np.median(serial_cold_s))
+    s_warm, p_warm = float(np.median(plain["serial"])), float(np.median(plain["warm"]))
     print("| run | wall time (s) | efficiency = serial / (2 × this) |")
     print("|---|---:|---:|")
     rows = [
-        ("serial cold (compile + compute), 1 process", serial["cold"], None),
-        ("serial warm (compute only)", serial["warm"], None),
-        ("2 Dask workers, cold (each compiles its cells' programs, fills the shared cache)", plain[0],
-         serial["cold"]),
-        ("2 Dask workers, warm (every program in both workers' memory)", plain[1], serial["warm"]),
-        ("2 new Dask workers, programs from the shared compile cache", hit[0], serial["cold"]),
+        (f"serial cold (compile + compute), a fresh process, before and after: "
+         f"{' and '.join(f'{t:.1f}' for t in serial_cold_s)}", s_cold, None),
+        (f"serial warm (compute only), in worker 0, {len(plain['serial'])} runs: "
+         f"{', '.join(f'{t:.1f}' for t in plain['serial'])}", s_warm, None),
+        ("2 Dask workers, cold (each compiles its cells' programs, fills the shared cache)", plain["cold"], s_cold),
+        (f"2 Dask workers, warm (every program in both workers' memory), alternating with serial warm: "
+         f"{', '.join(f'{t:.1f}' for t in plain['warm'])}", p_warm, s_warm),
+        ("2 new Dask workers, programs from the shared compile cache", hit["cold"], s_cold),
     ]
     for label, seconds, against in rows:
         eff = "" if against is None else f"{against / (2 * seconds):.2f}"
         print(f"| {label} | {seconds:.2f} | {eff} |")
-    compile_serial = serial["cold"] - serial["warm"]
+    compile_serial = s_cold - s_warm
     print()
-    print(f"cost split: serial compile {compile_serial:.2f} s (cold - warm), compute {serial['warm']:.2f} s; "
-          f"on 2 workers compute + scheduling {plain[1]:.2f} s (ideal {serial['warm'] / 2:.2f} s: scheduling, "
-          f"transfers and imbalance {plain[1] - serial['warm'] / 2:.2f} s), compile {plain[0] - plain[1]:.2f} s "
-          f"of wall time (ideal {compile_serial / 2:.2f} s), loading from the cache instead "
-          f"{hit[0] - plain[1]:.2f} s ({entries} cache entries)")
+    print(f"cost split (medians): serial = compile {compile_serial:.1f} s + compute {s_warm:.1f} s; "
+          f"2 workers warm {p_warm:.1f} s against an ideal {s_warm / 2:.1f} s (scheduling, transfers, "
+          f"assembly and imbalance: {p_warm - s_warm / 2:.1f} s); 2 workers cold spend "
+          f"{plain['cold'] - p_warm:.1f} s of wall time compiling (ideal {compile_serial / 2:.1f} s), "
+          f"new workers on the shared cache {hit['cold'] - p_warm:.1f} s loading ({entries} cache entries)")
 
 
 if __name__ == "__main__":
