@@ -548,8 +548,9 @@ def sweep(
 
     cells = setup["cells"]
     units = _bucketed(problem, setup, plans, data, int(steps), batch_size)
-    work = dict(data=data, seed_data=seed_data, steps=int(steps), record_every=int(record_every),
-                batch_size=batch_size)
+    # given data: one dict for every run, or {seed: dict} from a callable (so no callable travels to workers)
+    work = dict(data=seed_data if callable(data) else data, per_seed=callable(data), steps=int(steps),
+                record_every=int(record_every), batch_size=batch_size)
     if executor is not None or client is not None:
         results, from_store = _run_elsewhere(problem, setup, plans, units, work, cell_store, executor=executor,
                                              client=client, progress=progress)
@@ -608,14 +609,13 @@ def _run_here(problem, setup, plans, units, work, cell_store, *, progress):
     return results, from_store
 
 
-def _compute_unit(problem, setup, plans, bucket, todo, *, data, seed_data, steps, record_every, batch_size, bar):
+def _compute_unit(problem, setup, plans, bucket, todo, *, data, per_seed, steps, record_every, batch_size, bar):
     """The arrays of the cells ``todo`` of one unit (cells that share a bucket's program,
     or one cell alone), one dict per cell: the same programs wherever it runs."""
     cells, lrs, rules, axes = setup["cells"], setup["lrs"], setup["rules"], setup["axes"]
     name = cells[todo[0]][0]
     recipe = setup["recipes"][todo[0]]
-    common = dict(data=data if not callable(data) else seed_data, per_seed=callable(data), steps=steps,
-                  record_every=record_every, bar=bar)
+    common = dict(data=data, per_seed=per_seed, steps=steps, record_every=record_every, bar=bar)
     if bucket is not None and len(todo) > 1:  # no data option axes, no telemetry (see _bucket_units)
         bar.set_description(f"{name} " + " ".join(f"{k}<={v}" for k, v in
                                                   {**bucket, **plans[todo[0]].options}.items()))
