@@ -16,7 +16,10 @@ interval as data. Steps run in short program calls (at most a tenth of the run e
 and about half a second of work) so that a progress bar moves and SIGINT stops a
 sweep within seconds; a cell whose one group cannot fit the device's memory is
 refused before anything runs (:func:`sweep_plan`). Each finished cell goes to the store (:mod:`specdyn.storage`) at once,
-and a re-run with the same store skips it. The run with seed ``s`` uses
+and a re-run with the same store skips it. With an ``executor`` or a Dask ``client``
+each unit of work (a cell, or the cells of one bucket) is a task in another process
+that computes it with the same programs and writes it into the store
+(:mod:`specdyn.executors`). The run with seed ``s`` uses
 ``jax.random.PRNGKey(s)``: ``sd.simulate(..., key=jax.random.PRNGKey(s))``
 reproduces any run of a sweep.
 
