@@ -10,11 +10,12 @@ it gets one thread), and OpenBLAS runs one thread (``specdyn.guard_cpu``).
 
 Timed, each from processes that have imported specdyn and started JAX but compiled nothing:
 
-  serial cold   sd.sweep in a fresh process (compile + compute), once before the
-                Dask runs and once after (the median of the two is used);
+  serial cold   sd.sweep in a fresh process (compile + compute), right before each
+                Dask cold run (two pairs; medians and per-pair ratios are printed);
   dask cold     sd.sweep(client=...) on a fresh LocalCluster of 2 workers: each
-                compiles the programs of the cells it gets and writes them to a
-                persistent compile cache (``JAX_COMPILATION_CACHE_DIR`` on a shared folder);
+                compiles the programs of the cells it gets; the first cluster writes
+                them to a persistent compile cache (``JAX_COMPILATION_CACHE_DIR`` on a
+                shared folder), the second uses none;
   serial warm / dask warm
                 after each worker ran the whole grid in-process (untimed; every program
                 then in both workers' memory), alternately the grid in-process on worker
@@ -182,8 +183,9 @@ def main() -> None:
                  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
         plain = on_cluster(args.cols, args.steps, tmp / "plain", cache, reference, repeats=args.repeats)
-        hit = on_cluster(args.cols, args.steps, tmp / "hit", cache, reference, repeats=0)
         serial_cold_s.append(fresh_serial(tmp / "serial2.nc"))
+        no_cache = on_cluster(args.cols, args.steps, tmp / "no-cache", {}, reference, repeats=0)
+        hit = on_cluster(args.cols, args.steps, tmp / "hit", cache, reference, repeats=0)
         entries = len(list((tmp / "jax-cache").iterdir())) if (tmp / "jax-cache").exists() else 0
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
@@ -197,15 +199,19 @@ def main() -> None:
           f"x (gd, specgd) = 16 cells, 4 seeds x 4 rates x {steps} steps each; results equal to serial, bit for bit")
     print()
     s_cold = float(np.median(serial_cold_s))
+    d_cold = [plain["cold"], no_cache["cold"]]
     s_warm, p_warm = float(np.median(plain["serial"])), float(np.median(plain["warm"]))
     print("| run | wall time (s) | efficiency = serial / (2 × this) |")
     print("|---|---:|---:|")
     rows = [
-        (f"serial cold (compile + compute), a fresh process, before and after: "
+        (f"serial cold (compile + compute), a fresh process, right before each Dask cold run: "
          f"{' and '.join(f'{t:.1f}' for t in serial_cold_s)}", s_cold, None),
         (f"serial warm (compute only), in worker 0, {len(plain['serial'])} runs: "
          f"{', '.join(f'{t:.1f}' for t in plain['serial'])}", s_warm, None),
-        ("2 Dask workers, cold (each compiles its cells' programs, fills the shared cache)", plain["cold"], s_cold),
+        (f"2 Dask workers, cold (each compiles its cells' programs; the first fills the shared cache): "
+         f"{' and '.join(f'{t:.1f}' for t in d_cold)}, efficiency per pair "
+         f"{' and '.join(f'{a / (2 * b):.2f}' for a, b in zip(serial_cold_s, d_cold))}", float(np.median(d_cold)),
+         s_cold),
         (f"2 Dask workers, warm (every program in both workers' memory), alternating with serial warm: "
          f"{', '.join(f'{t:.1f}' for t in plain['warm'])}", p_warm, s_warm),
         ("2 new Dask workers, programs from the shared compile cache", hit["cold"], s_cold),
@@ -218,7 +224,7 @@ def main() -> None:
     print(f"cost split (medians): serial = compile {compile_serial:.1f} s + compute {s_warm:.1f} s; "
           f"2 workers warm {p_warm:.1f} s against an ideal {s_warm / 2:.1f} s (scheduling, transfers, "
           f"assembly and imbalance: {p_warm - s_warm / 2:.1f} s); 2 workers cold spend "
-          f"{plain['cold'] - p_warm:.1f} s of wall time compiling (ideal {compile_serial / 2:.1f} s), "
+          f"{float(np.median(d_cold)) - p_warm:.1f} s of wall time compiling (ideal {compile_serial / 2:.1f} s), "
           f"new workers on the shared cache {hit['cold'] - p_warm:.1f} s loading ({entries} cache entries)")
 
 
