@@ -62,7 +62,8 @@ def test_a_worker_killed_mid_sweep_loses_nothing(client, serial, tmp_path):
     """SIGKILL the worker running a cell: Dask reruns that cell elsewhere, the sweep finishes
     and equals the in-process one, every cell is in the store once."""
     out = {}
-    run = threading.Thread(target=lambda: out.update(ds=sd.sweep(PROBLEM, **KWARGS, store=tmp_path, client=client)))
+    run = threading.Thread(target=lambda: out.update(ds=sd.sweep(PROBLEM, **KWARGS, store=tmp_path, client=client)),
+                           daemon=True)
     run.start()
     killed = None
     deadline = time.monotonic() + 120
