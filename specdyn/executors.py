@@ -2,7 +2,7 @@
 
 :func:`specdyn.sweep` runs every cell in this process by default. Given an
 ``executor`` (any ``concurrent.futures.Executor``: a Dask ``Client.get_executor()``,
-a ``ProcessPoolExecutor`` with a ``spawn`` context, submitit's or Ray's) or a Dask
+a ``ProcessPoolExecutor`` with a ``spawn`` context, mpi4py's ``MPIPoolExecutor``) or a Dask
 ``client`` (a ``distributed.Client`` or a scheduler address such as
 ``"tcp://host:8786"``), it submits one task per unit of work (a cell, or the cells
 that share a bucket's program); each task computes its cells with the same programs

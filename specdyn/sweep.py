@@ -489,7 +489,8 @@ def sweep(
       executor: None (default: every cell in this process), or a
         ``concurrent.futures.Executor`` that runs each unit of work (a cell, or the cells
         of one bucket) as a task in another process: a Dask ``Client.get_executor()``, a
-        ``ProcessPoolExecutor`` with a ``spawn`` context, submitit's or Ray's executor.
+        ``ProcessPoolExecutor`` with a ``spawn`` context (tasks are pickled: plain ``pickle``
+        needs module-level optimizer factories and rules; Dask's cloudpickle does not).
         Each task computes its cells with the same programs as here and writes them
         atomically into ``store`` (a folder every worker can reach), skipping cells
         already there; this process then assembles the Dataset from the store, the same
