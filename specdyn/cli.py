@@ -37,6 +37,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"specdyn: error: {message}\n")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="specdyn", description="Training dynamics under spectral gradient methods.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -48,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--smoke", action="store_true", help="apply the file's [smoke] sizes (seconds)")
     sw.add_argument("--fresh", action="store_true", help="discard finished cells instead of resuming")
     sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    where = sw.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run the cells on the Dask cluster of this scheduler, e.g. tcp://host:8786 "
+                            "(the output folder must be one every worker can reach)")
+    where.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="run the cells on a local Dask cluster of N worker processes")
     sw.add_argument(
         "--check", action="store_true", help="validate the file and the output folder, then stop (runs nothing)"
     )
@@ -488,6 +504,28 @@ def _store_line(ds, store: Path) -> str | None:
     return f"resumed: {resumed}{of} cells came from the store {store} (finished earlier; --fresh reruns them)"
 
 
+@contextlib.contextmanager
+def _dask_client(args):
+    """The Dask client of ``--scheduler`` or ``--workers`` (None: cells run in this
+    process), connected or started before the sweep, closed after it."""
+    if args.scheduler is None and args.workers is None:
+        yield None
+        return
+    from specdyn import executors
+
+    flag = f"--scheduler {args.scheduler}" if args.scheduler is not None else f"--workers {args.workers}"
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise ValueError(f"{flag} needs Dask: pip install 'dask[distributed]' (or specdyn[distributed])") from None
+    if args.workers is not None:
+        with executors.local_cluster(args.workers) as client:
+            yield client
+        return
+    with executors.connected(args.scheduler, label=flag) as client:
+        yield client
+
+
 def _cmd_sweep(args) -> None:
     import jax
 
@@ -525,11 +563,12 @@ def _cmd_sweep(args) -> None:
     start = time.perf_counter()
     with _doing("read the sweep file"):
         text = file.read_text(encoding="utf-8")
-    with jax.enable_x64(spec.x64):
+    with jax.enable_x64(spec.x64), _dask_client(args) as client:
         try:
             ds = sweep(
                 spec.problem, **spec.sweep_kwargs(), store=out / "cells", progress=not args.no_progress,
                 fresh=args.fresh, provenance={"sweep_file": str(file), "sweep_file_text": text, "smoke": args.smoke},
+                client=client,
             )
         except ValueError as err:
             raise ValueError(f"{file}: {err}") from None

@@ -119,6 +119,21 @@ class CellStore:
         if provenance is not None:
             self._add_provenance(provenance)
 
+    def check_config(self) -> None:
+        """ValueError unless ``config.json`` still holds this store's config (a task in
+        another process checks this before it writes: the folder may have been started
+        afresh for another sweep meanwhile)."""
+        config_file = self.path / "config.json"
+        try:
+            stored = json.loads(config_file.read_text())
+        except (ValueError, OSError) as err:
+            raise ValueError(f"store config {str(config_file)!r} cannot be read ({err}); not writing cells") from None
+        if stored != self.config:
+            raise ValueError(
+                f"store {str(self.path)!r} now holds another sweep's config "
+                f"({_first_difference(stored, self.config)}); not writing cells"
+            )
+
     def _add_provenance(self, entry: dict) -> None:
         """Append ``entry`` to ``provenance.json`` (one entry per sweep that opened the
         store; never compared, so a new date or version does not invalidate the cells)."""

@@ -16,7 +16,10 @@ interval as data. Steps run in short program calls (at most a tenth of the run e
 and about half a second of work) so that a progress bar moves and SIGINT stops a
 sweep within seconds; a cell whose one group cannot fit the device's memory is
 refused before anything runs (:func:`sweep_plan`). Each finished cell goes to the store (:mod:`specdyn.storage`) at once,
-and a re-run with the same store skips it. The run with seed ``s`` uses
+and a re-run with the same store skips it. With an ``executor`` or a Dask ``client``
+each unit of work (a cell, or the cells of one bucket) is a task in another process
+that computes it with the same programs and writes it into the store
+(:mod:`specdyn.executors`). The run with seed ``s`` uses
 ``jax.random.PRNGKey(s)``: ``sd.simulate(..., key=jax.random.PRNGKey(s))``
 reproduces any run of a sweep.
 
@@ -49,6 +52,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from specdyn import buckets as bucketing
+from specdyn import executors
 from specdyn._cpu import blas_threads_limited, warn_if_unguarded
 from specdyn.optimizers import OPTIMIZERS, get_optimizer
 from specdyn.option_axes import OptionAxes, split_grid
@@ -453,6 +457,8 @@ def sweep(
     provenance: Mapping | None = None,
     telemetry=None,
     buckets="auto",
+    executor=None,
+    client=None,
 ) -> xr.Dataset:
     """Run every (optimizer, learning rate, seed, grid point) of a grid.
 
@@ -496,6 +502,18 @@ def sweep(
         smallest bucket that holds it), ``"auto"`` (default: buckets from a cost
         model of compile time against padded FLOPs), or None (one program per size).
         The results are the same either way.
+      executor: None (default: every cell in this process), or a
+        ``concurrent.futures.Executor`` that runs each unit of work (a cell, or the cells
+        of one bucket) as a task in another process: a Dask ``Client.get_executor()``, a
+        ``ProcessPoolExecutor`` with a ``spawn`` context (tasks are pickled: plain ``pickle``
+        needs module-level optimizer factories and rules; Dask's cloudpickle does not).
+        Each task computes its cells with the same programs as here and writes them
+        atomically into ``store`` (a folder every worker can reach), skipping cells
+        already there; this process then assembles the Dataset from the store, the same
+        numbers as in-process. A worker that dies loses only its unfinished cells (Dask
+        retries them elsewhere; otherwise a re-run resumes). The progress bar counts cells.
+      client: the Dask shortcut (:mod:`specdyn.executors`): a ``distributed.Client`` or
+        the address of a Dask scheduler (``"tcp://host:8786"``), not both with ``executor``.
 
     A cell whose one group cannot fit the device's memory (see :func:`sweep_plan`) is
     refused with a ValueError before anything runs. The Dataset's attrs hold the config
@@ -509,6 +527,7 @@ def sweep(
                      steps=steps, record_every=record_every, data=data, batch_size=batch_size, telemetry=telemetry,
                      buckets=buckets)
     telemetry = setup["telemetry"]
+    executors.check(executor, client)
     _warn_host_devices()
     names, rules, lrs, seed_list = setup["names"], setup["rules"], setup["lrs"], setup["seeds"]
     static_grid, data_grid, factories = setup["static_grid"], setup["data_grid"], setup["factories"]
@@ -553,52 +572,14 @@ def sweep(
 
     cells = setup["cells"]
     units = _bucketed(problem, setup, plans, data, int(steps), batch_size)
-    bar = tqdm(total=sum(p.runs for p in plans) * steps, unit="run-step", unit_scale=True, disable=not progress)
-    results, from_store = [None] * len(cells), 0
-    try:
-        for bucket, members in units:
-            todo = []
-            for index in members:
-                if cell_store is not None and cell_store.has(index):
-                    results[index] = cell_store.load(index, runs=plans[index].runs)
-                    from_store += 1
-                    bar.update(plans[index].runs * steps)
-                else:
-                    todo.append(index)
-            if not todo:
-                continue
-            name = cells[todo[0]][0]
-            recipe = setup["recipes"][todo[0]]
-            common = dict(data=data if not callable(data) else seed_data, per_seed=callable(data), steps=int(steps),
-                          record_every=int(record_every), bar=bar)
-            if bucket is not None and len(todo) > 1:  # no data option axes, no telemetry (see _bucket_units)
-                bar.set_description(f"{name} " + " ".join(f"{k}<={v}" for k, v in
-                                                          {**bucket, **plans[todo[0]].options}.items()))
-                size = _groups_per_call(
-                    group_bytes(bucketing.at_sizes(problem, {**plans[todo[0]].static, **bucket}),
-                                recipe, len(lrs[name])),
-                    len(todo) * plans[todo[0]].groups, len(lrs[name]), batch_size, memory_available())
-                ran = _run_bucket(problem, bucket, [plans[i].static for i in todo], recipe,
-                                  lrs[name], rules.get(name), seed_list, data_grid, setup["data_combos"],
-                                  size=size, **common)
-            else:
-                ran = []
-                for index in todo:
-                    bar.set_description(f"{name} " + " ".join(f"{k}={v}" for k, v in
-                                                              {**plans[index].static, **plans[index].options}.items()))
-                    ran.append(_run_cell(dataclasses.replace(problem, **plans[index].static), recipe,
-                                         lrs[name], rules.get(name), seed_list, data_grid, setup["data_combos"],
-                                         size=plans[index].groups_per_call, options=axes.data_options(name)[1],
-                                         telemetry=telemetry, **common))
-            for index, arrays in zip(todo, ran, strict=True):
-                if rules and name not in rules:
-                    n_runs = plans[index].runs
-                    arrays["effective_learning_rate"] = np.repeat(np.asarray(lrs[name]), n_runs // len(lrs[name]))
-                if cell_store is not None:
-                    cell_store.save(index, arrays)
-                results[index] = arrays
-    finally:
-        bar.close()
+    # given data: one dict for every run, or {seed: dict} from a callable (so no callable travels to workers)
+    work = dict(data=seed_data if callable(data) else data, per_seed=callable(data), steps=int(steps),
+                record_every=int(record_every), batch_size=batch_size)
+    if executor is not None or client is not None:
+        results, from_store = _run_elsewhere(problem, setup, plans, units, work, cell_store, executor=executor,
+                                             client=client, progress=progress)
+    else:
+        results, from_store = _run_here(problem, setup, plans, units, work, cell_store, progress=progress)
     results = axes.merge(results, names, n_static=setup["n_static"], n_lr=len(lrs[names[0]]), n_seed=len(seed_list),
                          data_shape=tuple(len(v) for v in data_grid.values()))
     ds = assemble(
@@ -623,6 +604,130 @@ def sweep(
     if telemetry is not None:
         ds = ds.assign_coords(telemetry_coords(telemetry, jax.eval_shape(problem.init, jax.random.PRNGKey(0))))
     return ds
+
+
+def _run_here(problem, setup, plans, units, work, cell_store, *, progress):
+    """Every unit in this process, cell by cell (the default): (cell results, cells from the store)."""
+    steps = work["steps"]
+    bar = tqdm(total=sum(p.runs for p in plans) * steps, unit="run-step", unit_scale=True, disable=not progress)
+    results, from_store = [None] * len(plans), 0
+    try:
+        for bucket, members in units:
+            todo = []
+            for index in members:
+                if cell_store is not None and cell_store.has(index):
+                    results[index] = cell_store.load(index, runs=plans[index].runs)
+                    from_store += 1
+                    bar.update(plans[index].runs * steps)
+                else:
+                    todo.append(index)
+            if not todo:
+                continue
+            for index, arrays in zip(todo, _compute_unit(problem, setup, plans, bucket, todo, bar=bar, **work),
+                                     strict=True):
+                if cell_store is not None:
+                    cell_store.save(index, arrays)
+                results[index] = arrays
+    finally:
+        bar.close()
+    return results, from_store
+
+
+def _compute_unit(problem, setup, plans, bucket, todo, *, data, per_seed, steps, record_every, batch_size, bar):
+    """The arrays of the cells ``todo`` of one unit (cells that share a bucket's program,
+    or one cell alone), one dict per cell: the same programs wherever it runs."""
+    cells, lrs, rules, axes = setup["cells"], setup["lrs"], setup["rules"], setup["axes"]
+    name = cells[todo[0]][0]
+    recipe = setup["recipes"][todo[0]]
+    common = dict(data=data, per_seed=per_seed, steps=steps, record_every=record_every, bar=bar)
+    if bucket is not None and len(todo) > 1:  # no data option axes, no telemetry (see _bucket_units)
+        bar.set_description(f"{name} " + " ".join(f"{k}<={v}" for k, v in
+                                                  {**bucket, **plans[todo[0]].options}.items()))
+        size = _groups_per_call(
+            group_bytes(bucketing.at_sizes(problem, {**plans[todo[0]].static, **bucket}),
+                        recipe, len(lrs[name])),
+            len(todo) * plans[todo[0]].groups, len(lrs[name]), batch_size, memory_available())
+        ran = _run_bucket(problem, bucket, [plans[i].static for i in todo], recipe,
+                          lrs[name], rules.get(name), setup["seeds"], setup["data_grid"], setup["data_combos"],
+                          size=size, **common)
+    else:
+        ran = []
+        for index in todo:
+            bar.set_description(f"{name} " + " ".join(f"{k}={v}" for k, v in
+                                                      {**plans[index].static, **plans[index].options}.items()))
+            ran.append(_run_cell(dataclasses.replace(problem, **plans[index].static), recipe,
+                                 lrs[name], rules.get(name), setup["seeds"], setup["data_grid"], setup["data_combos"],
+                                 size=plans[index].groups_per_call, options=axes.data_options(name)[1],
+                                 telemetry=setup["telemetry"], **common))
+    if rules and name not in rules:
+        for index, arrays in zip(todo, ran, strict=True):
+            n_runs = plans[index].runs
+            arrays["effective_learning_rate"] = np.repeat(np.asarray(lrs[name]), n_runs // len(lrs[name]))
+    return ran
+
+
+@dataclasses.dataclass(frozen=True)
+class _UnitTask:
+    """One unit of a sweep as a task for another process: calling it there computes the
+    unit's cells that its store lacks (:func:`_compute_unit`, under the sweep's x64
+    setting, after :func:`specdyn.guard_cpu`) and writes each atomically into the store;
+    it returns ``{cell index: arrays}`` without a store, ``{cell index: None}`` with one."""
+
+    problem: object
+    setup: dict
+    plans: list
+    bucket: dict | None
+    members: tuple
+    work: dict
+    x64: bool
+    store: CellStore | None
+
+    def __call__(self) -> dict:
+        from specdyn._cpu import guard_cpu
+
+        guard_cpu()  # first thing in a worker process: before its JAX backend starts
+        todo = [i for i in self.members if self.store is None or not self.store.has(i)]
+        if not todo:
+            return dict.fromkeys(self.members)
+        with jax.enable_x64(self.x64):
+            ran = _compute_unit(self.problem, self.setup, self.plans, self.bucket, todo,
+                                bar=tqdm(disable=True), **self.work)
+        if self.store is None:
+            return dict(zip(todo, ran, strict=True))
+        self.store.check_config()  # the store may have been emptied for another sweep meanwhile
+        for index, arrays in zip(todo, ran, strict=True):
+            self.store.save(index, arrays)
+        return dict.fromkeys(self.members)
+
+
+def _run_elsewhere(problem, setup, plans, units, work, cell_store, *, executor, client, progress):
+    """Every unit the store lacks as one task on ``executor`` (or the Dask ``client``),
+    with a progress bar over cells as they finish: (cell results, cells from the store)."""
+    results, from_store = [None] * len(plans), 0
+    tasks, counts = [], []
+    for bucket, members in units:
+        missing = [i for i in members if cell_store is None or not cell_store.has(i)]
+        from_store += len(members) - len(missing)
+        if missing:
+            tasks.append(_UnitTask(problem, setup, plans, bucket, tuple(members), work,
+                                   bool(jax.config.jax_enable_x64), cell_store))
+            counts.append(len(missing))
+    bar = tqdm(total=len(plans), initial=from_store, unit="cell", disable=not progress)
+    done = {}
+
+    def finished(k: int, cells: dict) -> None:
+        done.update(cells)
+        bar.update(counts[k])
+
+    try:
+        with executors.resolve(executor, client) as pool:
+            executors.run_tasks(pool, tasks, finished)
+    finally:
+        bar.close()
+    for index, plan in enumerate(plans):
+        arrays = done.get(index)
+        results[index] = arrays if arrays is not None else cell_store.load(index, runs=plan.runs)
+    return results, from_store
 
 
 def host_device_warning(backend: str, devices: int, jaxlib_version: str, limit_blas: str | None) -> str | None:
