@@ -704,14 +704,19 @@ def _run_elsewhere(problem, setup, plans, units, work, cell_store, *, executor, 
     """Every unit the store lacks as one task on ``executor`` (or the Dask ``client``),
     with a progress bar over cells as they finish: (cell results, cells from the store)."""
     results, from_store = [None] * len(plans), 0
-    tasks, counts = [], []
+    pending = []
     for bucket, members in units:
         missing = [i for i in members if cell_store is None or not cell_store.has(i)]
         from_store += len(members) - len(missing)
         if missing:
-            tasks.append(_UnitTask(problem, setup, plans, bucket, tuple(members), work,
-                                   bool(jax.config.jax_enable_x64), cell_store))
-            counts.append(len(missing))
+            pending.append((bucket, members, missing))
+    # largest units first (by their planned device bytes, a proxy for their cost), so that the
+    # sweep's tail is a small unit and no worker idles while another finishes a large one
+    size = lambda unit: sum(plans[i].groups * plans[i].bytes_per_group["total"] for i in unit[2])
+    pending.sort(key=size, reverse=True)
+    tasks = [_UnitTask(problem, setup, plans, bucket, tuple(members), work, bool(jax.config.jax_enable_x64),
+                       cell_store) for bucket, members, _ in pending]
+    counts = [len(missing) for *_, missing in pending]
     bar = tqdm(total=len(plans), initial=from_store, unit="cell", disable=not progress)
     done = {}
 

@@ -4,6 +4,7 @@ bit for bit, each cell is written once into the shared store, a worker killed (S
 mid-sweep loses nothing, and a sweep whose client process died resumes without
 recomputing its finished cells."""
 
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import xarray as xr
 import specdyn as sd
 from specdyn import executors
 from specdyn.cli import main
+from specdyn.sweep import sweep_plan
 
 distributed = pytest.importorskip("distributed")
 
@@ -183,3 +185,29 @@ def test_executor_and_client_arguments_are_checked_before_anything_runs(tmp_path
     with pytest.raises(ValueError, match="client must be a distributed.Client or a Dask scheduler address"):
         sd.sweep(PROBLEM, **KWARGS, store=tmp_path, client=3)
     assert not tmp_path.joinpath("config.json").exists()
+
+
+class _InOrder(concurrent.futures.Executor):
+    """Runs each task as it is submitted, in this process, and keeps the tasks in order."""
+
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.submitted.append(fn)
+        future = concurrent.futures.Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def test_units_are_submitted_largest_first(serial):
+    """The cells of the larger size go first (their planned bytes are larger), so a sweep's
+    tail is a small cell; the order changes nothing in the results."""
+    pool = _InOrder()
+    ds = sd.sweep(PROBLEM, **KWARGS, executor=pool)
+    assert_same(ds, serial)
+    plans = sweep_plan(PROBLEM, **{k: v for k, v in KWARGS.items() if k != "progress"})
+    sizes = [sum(plans[i].groups * plans[i].bytes_per_group["total"] for i in task.members)
+             for task in pool.submitted]
+    assert len(sizes) == 4 and sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1]
+    assert [plans[task.members[0]].static["rows"] for task in pool.submitted][:2] == [5, 5]
