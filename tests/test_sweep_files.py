@@ -186,4 +186,4 @@ def test_a_mutated_tiny_sweep_runs_or_exits_2_with_one_line(case):
         event(f"exit {code}")
         assert_clean_outcome(code, err, str(file))
         if code == 0:
-            assert (Path(tmp) / "out" / "results.nc").is_file() and "best = " in out
+            assert (Path(tmp) / "out" / "results.nc").is_file() and "best lr" in out
