@@ -25,6 +25,7 @@ __all__ = [
     "load",
     "mean_over_seeds",
     "paired_comparison",
+    "picks_rates_by",
     "problem_of",
     "save",
     "seed_statistics",
@@ -224,8 +225,6 @@ def picks_rates_by(rule: BestRateRule):
 
     return mark
 
-
-__all__ += ["picks_rates_by"]
 
 
 # ------------------------------------------------------------ seed statistics
