@@ -7,11 +7,11 @@ import importlib
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 import xarray as xr
+from tiny_sweep import TINY
 
 from specdyn import cli
 from specdyn.cli import main
@@ -20,28 +20,6 @@ from specdyn.results import save
 
 SWEEP_MODULE = importlib.import_module("specdyn.sweep")  # `specdyn.sweep` the attribute is the function
 
-TINY = textwrap.dedent(
-    """
-    description = "tiny"
-    problem = "matrix_least_squares"
-    steps = 6
-    seeds = 2
-    optimizers = ["gd", "specgd"]
-    learning_rates = [0.05, 0.1]
-    [fields]
-    rows = 4
-    cols = 3
-    samples = 8
-    [grid]
-    noise = [0.0, 0.1]
-    [plot]
-    metrics = ["loss", "distance"]
-    [smoke]
-    steps = 4
-    [smoke.fields]
-    samples = 6
-    """
-)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from tiny_sweep import TINY
 
 import specdyn as sd
 from specdyn import executors
@@ -134,22 +135,7 @@ def test_resume_after_the_client_process_died(client, serial, tmp_path):
 
 def test_cli_sweep_on_a_scheduler(client, tmp_path, capsys):
     file = tmp_path / "tiny.toml"
-    file.write_text(textwrap.dedent(
-        """
-        description = "tiny"
-        problem = "matrix_least_squares"
-        steps = 6
-        seeds = 2
-        optimizers = ["gd", "specgd"]
-        learning_rates = [0.05, 0.1]
-        [fields]
-        rows = 4
-        cols = 3
-        samples = 8
-        [grid]
-        noise = [0.0, 0.1]
-        """
-    ))
+    file.write_text(TINY)
     out = tmp_path / "out"
     assert main(["sweep", str(file), "--out", str(out), "--no-progress",
                  "--scheduler", client.scheduler.address]) == 0
